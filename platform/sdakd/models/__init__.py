@@ -1,0 +1,26 @@
+"""Teacher and student networks (Real-ESRGAN family), their registries, feature taps and checkpoint I/O."""
+
+from sdakd.models.factory import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator, count_params
+from sdakd.models.rrdbnet import RRDB, RRDBNet, ResidualDenseBlock
+from sdakd.models.srvgg import SRVGGNetCompact
+from sdakd.models.taps import FeatureTaps, feature_channels, pair_taps
+from sdakd.models.unet_disc import UNetDiscriminatorSN
+from sdakd.models.weights import load_weights, save_official
+
+__all__ = [
+    "DISCRIMINATORS",
+    "GENERATORS",
+    "RRDB",
+    "RRDBNet",
+    "ResidualDenseBlock",
+    "SRVGGNetCompact",
+    "UNetDiscriminatorSN",
+    "FeatureTaps",
+    "build_discriminator",
+    "build_generator",
+    "count_params",
+    "feature_channels",
+    "load_weights",
+    "pair_taps",
+    "save_official",
+]
