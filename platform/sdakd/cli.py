@@ -1,0 +1,135 @@
+"""`sdakd` command line: thin argument parsing over the pipeline and the adapters.
+
+Bad input prints one `error:` line set (no traceback) and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from sdakd.errors import SdakdError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help="a preset shipped in the package (see `sdakd list`), e.g. tiny")
+    parser.add_argument("--config", type=Path, help="a YAML config (it may name its own `preset:`)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+        help="dotted-path override, repeatable: --set stages.s3.iters=200 --set method=dcd",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from sdakd.config import load_config
+
+    if not args.preset and not args.config:
+        raise SdakdError("name a config: --preset NAME or --config FILE (presets: see `sdakd list`)")
+    return load_config(args.preset, args.config, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from sdakd.pipeline import out_dir_for, run_experiment
+
+    resume = args.resume if args.resume is not None else None
+    metrics = run_experiment(cfg, resume=True if resume == "auto" else (Path(resume) if resume else None))
+    out = out_dir_for(cfg)
+    s, r = metrics["student"], metrics["references"]
+    print(f"\nwrote {out}/metrics.json, {out}/student.pt, {out}/checkpoints/")
+    print(
+        f"student PSNR-Y {s['psnr_y']:.2f} dB  SSIM-Y {s['ssim_y']:.4f}  vs teacher {s.get('psnr_y_vs_teacher', float('nan')):.2f} dB"
+        f" | teacher {r.get('teacher_psnr_y', float('nan')):.2f} dB | bicubic {r['bicubic_psnr_y']:.2f} dB"
+    )
+
+
+def cmd_teacher(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from sdakd.pipeline import Validator, build_teacher, ensure_dataset, resolve_device
+
+    device = resolve_device(cfg.run.device)
+    data = ensure_dataset(cfg)
+    teacher = build_teacher(cfg, data, device)
+    refs = Validator(cfg, data, teacher, device).references()
+    print(json.dumps({"teacher": teacher.identity, "source": teacher.source} | refs, indent=2))
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from sdakd.data import build_dataset
+
+    manifest = build_dataset(args.out, images_dir=args.images, min_side=args.min_side)
+    print(f"wrote {manifest}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from sdakd.evaluate.checkpoint import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.overrides), indent=2))
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from sdakd.config import preset_names
+    from sdakd.methods import METHODS
+
+    print("presets:  " + ", ".join(preset_names()))
+    print("methods:  " + ", ".join(METHODS.names()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdakd", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a student through all stages of its method")
+    _config_args(train)
+    train.add_argument(
+        "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+        help="resume from CHECKPOINT, or from the run folder's last checkpoint when no path is given",
+    )
+    train.set_defaults(handler=cmd_train)
+
+    teacher = sub.add_parser("teacher", help="load or pretrain (and cache) the config's teacher; print its scores")
+    _config_args(teacher)
+    teacher.set_defaults(handler=cmd_teacher)
+
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    build = data_sub.add_parser("build", help="write Parquet shards + manifest from an image folder")
+    build.add_argument("--images", type=Path, help="image folder; default: the photos scikit-image ships")
+    build.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
+    build.add_argument("--min-side", type=int, default=64, help="refuse images smaller than this (the GT crop)")
+    build.set_defaults(handler=cmd_data_build)
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained student (run folder or checkpoint)")
+    evaluate.add_argument("checkpoint", type=Path, help="run folder, its checkpoints/last.pt, or student.pt")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    listing = sub.add_parser("list", help="presets, methods, search spaces and ablation grids")
+    listing.set_defaults(handler=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.handler(args) or 0
+    except SdakdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

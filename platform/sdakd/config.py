@@ -1,0 +1,343 @@
+"""Typed, validated, immutable experiment config: YAML in, one clear error out.
+
+Every knob a search or ablation may touch is a field with a dotted path (`stages.s3.iters`,
+`loss.fm.weight`, `student_d.width`); searches and grids are just dotted-path overrides.
+Method-specific knobs live under `methods.<name>.*` and are validated by that method's own params model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sdakd.errors import SdakdError
+
+PRESETS_PACKAGE = "sdakd.presets"
+# Fields that name where things are written or how often we log: they never change what is learned.
+TRACKING_ONLY = ("run",)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TeacherPretrain(Frozen):
+    """How a teacher without weights is trained (once; cached by the hash of what it depends on)."""
+
+    iters: int = Field(2000, ge=0)
+    d_iters: int = Field(200, ge=0, description="teacher-D steps on GT vs the frozen teacher's output")
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    perceptual_weight: float = Field(1.0, ge=0)
+
+
+class TeacherConfig(Frozen):
+    arch: str = "rrdbnet"
+    num_feat: int = Field(64, ge=1)
+    num_block: int = Field(23, ge=1)
+    num_grow_ch: int = Field(32, ge=1)
+    d_arch: str = "unet_sn"
+    d_num_feat: int = Field(64, ge=1)
+    weights: Path | None = Field(None, description="official generator .pth (e.g. RealESRGAN_x4plus.pth)")
+    d_weights: Path | None = Field(None, description="official discriminator .pth (..._netD.pth)")
+    pretrain: TeacherPretrain = TeacherPretrain()
+
+
+class StudentConfig(Frozen):
+    width: float = Field(0.25, gt=0, le=1, description="generator width factor r (channels x r)")
+    num_block: int | None = Field(None, ge=1, description="blocks; None = the teacher's")
+
+
+class StudentDConfig(Frozen):
+    width: float = Field(0.25, gt=0, le=1, description="student-discriminator width factor r_D")
+
+
+class StageConfig(Frozen):
+    iters: int = Field(ge=0)
+
+
+class StagesConfig(Frozen):
+    s1: StageConfig = StageConfig(iters=5000)
+    s2: StageConfig = StageConfig(iters=5000)
+    s3: StageConfig = StageConfig(iters=20000)
+
+
+class Weighted(Frozen):
+    weight: float = Field(1.0, ge=0)
+
+
+class PerceptualLoss(Weighted):
+    vgg_weights: Path | None = Field(None, description="local timm vgg19 weights; None = random init (logged)")
+    # BasicSR's pre-activation VGG19 layers and weights (Real-ESRGAN recipe).
+    layers: dict[str, float] = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, layers: dict[str, float]) -> dict[str, float]:
+        from sdakd.losses.perceptual import VGG19_CONVS
+
+        unknown = sorted(set(layers) - set(VGG19_CONVS))
+        if unknown or not layers:
+            raise ValueError(f"unknown VGG19 layers {unknown}; allowed: {', '.join(VGG19_CONVS)}")
+        return layers
+
+
+class FeatureMapLoss(Weighted):
+    every: int = Field(1, ge=1, description="tap every k-th generator block (plus conv_body)")
+
+
+class GanLoss(Weighted):
+    weight: float = Field(0.1, ge=0)
+    type: Literal["vanilla", "hinge"] = "vanilla"
+
+
+class LossConfig(Frozen):
+    pixel: Weighted = Weighted()
+    perceptual: PerceptualLoss = PerceptualLoss()
+    teacher_output: Weighted = Weighted()
+    fm: FeatureMapLoss = FeatureMapLoss()
+    gan: GanLoss = GanLoss()
+
+
+class DataConfig(Frozen):
+    root: Path | None = Field(None, description="Parquet shard folder; None = the bundled photos (built on first use)")
+    scale: Literal[1, 2, 4] = 4
+    gt_size: int = Field(256, ge=8)
+    batch_size: int = Field(12, ge=1, description="per worker")
+    degradation: Literal["bicubic", "second_order"] = "bicubic"
+    val_max_side: int | None = Field(None, ge=8, description="center-crop validation HR to bound eval cost")
+    num_workers: int = Field(0, ge=0, description="loader processes (0 = in the training process)")
+
+    @model_validator(mode="after")
+    def _crop_fits_scale(self) -> "DataConfig":
+        if self.gt_size % (self.scale * 4):
+            raise ValueError(f"gt_size {self.gt_size} must be a multiple of 4 x scale = {4 * self.scale}")
+        return self
+
+
+class OptimConfig(Frozen):
+    lr_g: float = Field(1e-4, gt=0)
+    lr_d: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    ema: float = Field(0.999, ge=0, lt=1, description="generator EMA decay; 0 disables")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = Field(True, description="channels_last on CUDA (ignored on CPU)")
+
+
+class RunConfig(Frozen):
+    """Where and how often: excluded from the config hash."""
+
+    out_dir: Path | None = Field(None, description="None = runs/<method>-<hash>")
+    cache_dir: Path = Path(".sdakd")
+    device: str = "auto"
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(50, ge=1)
+    eval_max_images: int | None = Field(None, ge=1)
+    latency_repeats: int = Field(10, ge=1)
+
+
+class ExperimentConfig(Frozen):
+    method: str = "sdakd"
+    seed: int = 0
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    student_d: StudentDConfig = StudentDConfig()
+    stages: StagesConfig = StagesConfig()
+    loss: LossConfig = LossConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    methods: dict[str, Any] = Field(default_factory=dict, description="per-method knobs: methods.<name>.<field>")
+    run: RunConfig = RunConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from sdakd.methods import METHODS
+
+        METHODS.get(name)  # raises with the known names
+        return name
+
+    @field_validator("methods")
+    @classmethod
+    def _method_options(cls, sections: dict[str, Any]) -> dict[str, Any]:
+        from sdakd.methods import METHODS
+
+        validated = {}
+        for name, opts in sections.items():
+            options_model = METHODS.get(name).Options
+            try:
+                validated[name] = options_model.model_validate(opts or {})
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+                )
+                allowed = ", ".join(sorted(options_model.model_fields)) or "none"
+                raise ValueError(f"methods.{name}: {problems} (fields of {name}: {allowed})") from None
+        return validated
+
+    @property
+    def options(self) -> Any:
+        """The active method's validated knobs (defaults where the YAML names none)."""
+        from sdakd.methods import METHODS
+
+        return self.methods.get(self.method) or METHODS.get(self.method).Options()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["methods"] = {k: v.model_dump(mode="json") for k, v in self.methods.items()}
+        return data
+
+
+def identity_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What decides the result: the resolved config minus tracking fields and inactive method sections."""
+    data = cfg.to_dict()
+    for key in TRACKING_ONLY:
+        data.pop(key)
+    data["methods"] = {cfg.method: cfg.options.model_dump(mode="json")}
+    return data
+
+
+def stable_hash(data: Any, length: int = 12) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    return stable_hash(identity_dict(cfg))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    files = resources.files(PRESETS_PACKAGE).iterdir()
+    return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
+
+
+def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text if text is not None else Path(path).read_text())
+    except FileNotFoundError:
+        raise SdakdError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise SdakdError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SdakdError(f"config file {path} must hold a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    names = preset_names()
+    if name not in names:
+        raise SdakdError(f"unknown preset {name!r}; known presets: {', '.join(names)}")
+    return _read_yaml(f"preset {name}", resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml").read_text())
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`stages.s3.iters=200` -> ("stages.s3.iters", 200); values are YAML scalars or lists."""
+    path, sep, raw = text.partition("=")
+    if not sep or not path.strip():
+        raise SdakdError(f"override {text!r} must look like dotted.path=value (e.g. stages.s3.iters=200)")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise SdakdError(f"override {text!r}: value is not valid YAML: {err}") from None
+    return path.strip(), value
+
+
+def set_dotted(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `data` with `path` set; intermediate mappings are created and then validated."""
+    keys = path.split(".")
+    nested: dict[str, Any] = {}
+    cursor = nested
+    for key in keys[:-1]:
+        cursor = cursor.setdefault(key, {})
+    cursor[keys[-1]] = value
+    return deep_merge(data, nested)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_fields(item["loc"][:-1])
+            message = f"unknown field; allowed here: {', '.join(allowed)}" if allowed else "unknown field"
+        elif item["type"] == "literal_error":
+            message = f"{message} (got {item.get('input')!r})"
+        lines.append(f"  {path}: {message}")
+    return f"invalid config ({source}):\n" + "\n".join(lines)
+
+
+def _allowed_fields(loc: Sequence[Any]) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def validate(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise SdakdError(_format_errors(err, source)) from None
+
+
+def load_config(
+    preset: str | None = None,
+    path: Path | str | None = None,
+    overrides: Sequence[str] = (),
+) -> ExperimentConfig:
+    """Defaults < preset < YAML file (which may name its own `preset:`) < `--set` overrides."""
+    data: dict[str, Any] = {}
+    sources = []
+    file_data = _read_yaml(path) if path is not None else {}
+    base = file_data.pop("preset", None) if file_data else None
+    for name in (preset, base):
+        if name:
+            data = deep_merge(data, preset_dict(name))
+            sources.append(f"preset {name}")
+    if path is not None:
+        data = deep_merge(data, file_data)
+        sources.append(str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        data = set_dotted(data, key, value)
+        sources.append(f"--set {text}")
+    return validate(data, ", ".join(sources) or "defaults")
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """A new config with dotted-path overrides applied (the given one is untouched)."""
+    data = cfg.to_dict()
+    for key, value in overrides.items():
+        data = set_dotted(data, key, value)
+    return validate(data, "overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

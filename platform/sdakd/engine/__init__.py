@@ -1,0 +1,6 @@
+"""The stage loop: plain PyTorch; Ray and MLflow stay in the adapters."""
+
+from sdakd.engine.loop import Callbacks, Engine, Position, unwrap
+from sdakd.engine.stage import Stage
+
+__all__ = ["Callbacks", "Engine", "Position", "Stage", "unwrap"]

@@ -1,0 +1,226 @@
+"""The stage loop: plain PyTorch, driven by the method's stage list. No Ray, no MLflow, no method names.
+
+The engine alone does backward, optimizer steps, EMA, AMP and checkpoints; a method only returns loss terms.
+Adapters (Ray Train, MLflow, progress bars) listen through `Callbacks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from sdakd.engine.checkpoint import load_checkpoint, save_checkpoint
+from sdakd.engine.stage import Stage, stage_offsets
+from sdakd.errors import SdakdError
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands: the stage index and the number of steps already done inside it."""
+
+    stage: int = 0
+    step: int = 0
+
+
+class Callbacks:
+    """Adapters override what they need; every rank gets every call (Ray's report is a barrier)."""
+
+    def on_log(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def on_stage_end(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def on_checkpoint(self, path: Path | None, position: Position, global_step: int) -> None: ...
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module under a DDP (or similar) wrapper."""
+    return getattr(module, "module", module)
+
+
+def _params(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def _set_trainable(modules: Iterable[nn.Module], flag: bool) -> None:
+    for module in modules:
+        module.requires_grad_(flag)
+
+
+class Engine:
+    def __init__(
+        self,
+        method: Any,
+        batches: Callable[[int], dict[str, torch.Tensor]],
+        *,
+        device: torch.device,
+        lr_g: float,
+        lr_d: float,
+        betas: tuple[float, float],
+        ema_decay: float = 0.0,
+        amp: bool = False,
+        checkpoint_dir: Path | None = None,
+        checkpoint_every: int = 1000,
+        log_every: int = 50,
+        evaluate: Callable[[], Mapping[str, float]] | None = None,
+        callbacks: Iterable[Callbacks] = (),
+        writer: bool = True,
+    ) -> None:
+        self.method = method
+        self.batches = batches
+        self.device = device
+        self.stages: list[Stage] = method.stages()
+        self.offsets = stage_offsets(self.stages)
+        self.g_modules = method.modules_for(method.g_nets)
+        self.d_modules = method.modules_for(method.d_nets)
+        self.opt_g = torch.optim.Adam(_params(self.g_modules), lr=lr_g, betas=betas)
+        d_params = _params(self.d_modules)
+        self.opt_d = torch.optim.Adam(d_params, lr=lr_d, betas=betas) if d_params else None
+        student = unwrap(method.nets["student_g"])
+        self.ema = ModelEmaV3(student, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
+        # bf16 autocast on CUDA only: CPU autocast is slower than fp32 on small convs.
+        self.autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+            if amp and device.type == "cuda"
+            else contextlib.nullcontext
+        )
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.log_every = log_every
+        self.evaluate = evaluate
+        self.callbacks = list(callbacks)
+        self.writer = writer
+        self.position = Position()
+        # What each stage actually did: the terms it computed and how often each optimizer stepped.
+        self.stats: dict[str, dict[str, Any]] = {
+            s.name: {"g_terms": set(), "d_terms": set(), "g_steps": 0, "d_steps": 0} for s in self.stages
+        }
+        self.history: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ public
+    @property
+    def total_steps(self) -> int:
+        return sum(s.iters for s in self.stages)
+
+    def global_step(self, position: Position | None = None) -> int:
+        pos = position or self.position
+        return self.offsets[pos.stage] + pos.step if pos.stage < len(self.stages) else self.total_steps
+
+    def eval_generator(self) -> nn.Module:
+        """The weights that ship: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else unwrap(self.method.nets["student_g"])
+
+    def run(self) -> dict[str, dict[str, float]]:
+        while self.position.stage < len(self.stages):
+            stage = self.stages[self.position.stage]
+            for net in self.method.nets.values():
+                net.train()
+            running: dict[str, float] = {}
+            for step_in_stage in range(self.position.step, stage.iters):
+                global_step = self.offsets[self.position.stage] + step_in_stage
+                losses = self.train_step(stage, self.batches(global_step))
+                for key, value in losses.items():
+                    running[key] = running.get(key, 0.0) + value
+                done = step_in_stage + 1
+                self.position = Position(self.position.stage, done)
+                if done % self.log_every == 0 or done == stage.iters:
+                    count = (done - 1) % self.log_every + 1
+                    self._emit("on_log", stage, global_step + 1, {k: v / count for k, v in running.items()})
+                    running = {}
+                if done % self.checkpoint_every == 0 and done < stage.iters:
+                    self._checkpoint()
+            self.position = Position(self.position.stage + 1, 0)
+            if stage.iters:
+                metrics = dict(self.evaluate()) if self.evaluate else {}
+                self.history[stage.name] = metrics
+                self._checkpoint(stage_name=stage.name)
+                self._emit("on_stage_end", stage, self.global_step(), metrics)
+        return self.history
+
+    def train_step(self, stage: Stage, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        step = self.method.step(batch)
+        stats = self.stats[stage.name]
+        logged: dict[str, float] = {}
+        if stage.trains_g:
+            _set_trainable(self.d_modules, False)  # D gets no grads from the G's GAN term
+            with self.autocast():
+                terms = self.method.generator_terms(step, stage)
+                total = sum(stage.g_loss[name] * value for name, value in terms.items())
+            self.opt_g.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt_g.step()
+            _set_trainable(self.d_modules, True)
+            if self.ema is not None:
+                self.ema.update(unwrap(self.method.nets["student_g"]), step=self.global_step())
+            stats["g_terms"].update(terms)
+            stats["g_steps"] += 1
+            logged |= {f"loss/{name}": float(value.detach()) for name, value in terms.items()}
+            logged["loss/g_total"] = float(total.detach())
+        if stage.trains_d:
+            if not stage.trains_g:
+                with torch.no_grad(), self.autocast():
+                    step.sr  # a D-only stage still needs the generator's output, without grads
+            with self.autocast():
+                terms = self.method.discriminator_terms(step, stage)
+                total = sum(stage.d_loss[name] * value for name, value in terms.items())
+            self.opt_d.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt_d.step()
+            stats["d_terms"].update(terms)
+            stats["d_steps"] += 1
+            logged |= {f"loss/d_{name}": float(value.detach()) for name, value in terms.items()}
+            logged["loss/d_total"] = float(total.detach())
+        bad = [k for k, v in logged.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"stage {stage.name}: non-finite loss {bad} at global step {self.global_step()}")
+        return logged
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nets": {name: unwrap(net).state_dict() for name, net in self.method.nets.items()},
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict() if self.opt_d else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "position": {"stage": self.position.stage, "step": self.position.step},
+            "global_step": self.global_step(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, net in self.method.nets.items():
+            unwrap(net).load_state_dict(state["nets"][name])
+        self.opt_g.load_state_dict(state["opt_g"])
+        if self.opt_d is not None:
+            self.opt_d.load_state_dict(state["opt_d"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.position = Position(**state["position"])
+        self.history = dict(state.get("history", {}))
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:300]
+            raise SdakdError(
+                f"checkpoint {path} does not fit this config's networks (wrong architecture or method?): {first}"
+            ) from None
+
+    def _checkpoint(self, stage_name: str | None = None) -> None:
+        path = None
+        if self.checkpoint_dir is not None and self.writer:
+            path = save_checkpoint(self.state_dict(), self.checkpoint_dir, stage_name)
+        self._emit("on_checkpoint", path, self.position, self.global_step())
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(*args)

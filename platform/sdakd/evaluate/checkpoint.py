@@ -1,0 +1,60 @@
+"""`sdakd eval`: score a trained student from its run folder, training checkpoint or exported weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from sdakd.config import load_config
+from sdakd.engine.checkpoint import load_checkpoint
+from sdakd.errors import SdakdError
+
+
+def _run_folder(path: Path) -> Path:
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder
+    raise SdakdError(f"{path}: no config.yaml found in it or its parents (expected an sdakd run folder)")
+
+
+def _student_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        path = path / "student.pt" if (path / "student.pt").is_file() else path / "checkpoints"
+    if path.is_dir() or path.name.endswith(".pt") and path.name != "student.pt":
+        state = load_checkpoint(path)
+        ema = state.get("ema")
+        return {k.removeprefix("module."): v for k, v in ema.items()} if ema else state["nets"]["student_g"]
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise SdakdError(f"{path} is not a readable weights file: {err}") from None
+
+
+def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    from sdakd.methods import METHODS
+    from sdakd.methods.base import student_generator
+    from sdakd.pipeline import Validator, build_teacher, cost, ensure_dataset, resolve_device
+
+    path = Path(path)
+    if not path.exists():
+        raise SdakdError(f"checkpoint {path} does not exist")
+    cfg = load_config(path=_run_folder(path) / "config.yaml", overrides=overrides)
+    device = resolve_device(cfg.run.device)
+    student = student_generator(cfg)
+    state = _student_state(path)
+    try:
+        student.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise SdakdError(f"{path} does not fit the run's student architecture: {first}") from None
+    student.to(device)
+    data = ensure_dataset(cfg)
+    teacher = build_teacher(cfg, data, device) if METHODS.get(cfg.method).uses_teacher else None
+    validator = Validator(cfg, data, teacher, device)
+    return {
+        "student": validator.student(student),
+        "references": validator.references(),
+        "cost": cost(student, device, cfg.data.scale, cfg.run.latency_repeats),
+    }

@@ -1,0 +1,5 @@
+"""The method registry (filled by explicit imports in `sdakd.methods`, never by scanning files)."""
+
+from sdakd.registry import Registry
+
+METHODS: Registry = Registry("method")

@@ -1,0 +1,33 @@
+"""The teacher: a frozen wrapper (eval mode, no grad, outside DDP) around a generator and its discriminator."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from sdakd.models import FeatureTaps
+
+
+class Teacher:
+    def __init__(self, g: nn.Module, d: nn.Module, identity: str, source: str) -> None:
+        self.g = g.eval().requires_grad_(False)
+        self.d = d.eval().requires_grad_(False)
+        self.identity = identity  # what the teacher is: a weights file or a pretrain cache key
+        self.source = source  # "weights" | "pretrained-here"
+
+    def to(self, device: torch.device | str) -> "Teacher":
+        self.g.to(device)
+        self.d.to(device)
+        return self
+
+    @torch.no_grad()
+    def sr(self, lr: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher output and, for distillation, the named intermediate features (hooks live only for this call,
+        so several methods can share one teacher)."""
+        if not taps:
+            return self.g(lr), {}
+        with FeatureTaps(self.g, list(taps)) as hooks:
+            out = self.g(lr)
+            return out, dict(hooks.features)
