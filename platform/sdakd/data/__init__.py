@@ -1,0 +1,23 @@
+"""Data: Parquet shards with a checked manifest, HR -> LR degradations, step-indexed loaders."""
+
+from sdakd.data.degrade import DEGRADATIONS, SecondOrderParams, bicubic_down, bicubic_up, second_order
+from sdakd.data.loader import StepBatches, batch_loader, step_seed, val_pairs
+from sdakd.data.samples import SAMPLE_PHOTOS, sample_photo_paths
+from sdakd.data.shards import build_dataset, load_manifest, read_split
+
+__all__ = [
+    "DEGRADATIONS",
+    "SAMPLE_PHOTOS",
+    "SecondOrderParams",
+    "StepBatches",
+    "batch_loader",
+    "bicubic_down",
+    "bicubic_up",
+    "build_dataset",
+    "load_manifest",
+    "read_split",
+    "sample_photo_paths",
+    "second_order",
+    "step_seed",
+    "val_pairs",
+]

@@ -1,0 +1,216 @@
+"""Parquet shards + manifest, degradations, and the step-indexed loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdakd.data import (
+    DEGRADATIONS,
+    StepBatches,
+    batch_loader,
+    bicubic_down,
+    bicubic_up,
+    build_dataset,
+    load_manifest,
+    read_split,
+    second_order,
+    val_pairs,
+)
+from sdakd.errors import SdakdError
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled scikit-image photos, built once for the module."""
+    out = tmp_path_factory.mktemp("photos")
+    build_dataset(out)
+    return out
+
+
+def write_images(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, (w, h) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+# ---------------------------------------------------------------- shards + manifest
+
+
+def test_build_dataset_writes_shards_and_a_verified_manifest(photos: Path) -> None:
+    manifest = load_manifest(photos)
+    assert manifest["counts"] == {"train": 7, "val": 2}
+    assert [s["file"] for s in manifest["shards"]] == ["train-00000.parquet", "val-00000.parquet"]
+    assert json.loads((photos / "manifest.json").read_text())["checksum"] == manifest["checksum"]
+    train, val = read_split(photos, "train"), read_split(photos, "val")
+    assert [name for name, _ in val] == ["retina", "rocket"]  # the last two names in sorted order
+    assert "astronaut" in [name for name, _ in train]
+    for _, img in train + val:
+        assert img.dtype == torch.uint8 and img.shape[0] == 3 and max(img.shape[1:]) <= 512
+
+
+def test_rebuilding_gives_the_same_content_checksum(photos: Path, tmp_path: Path) -> None:
+    build_dataset(tmp_path / "again")
+    assert load_manifest(tmp_path / "again")["checksum"] == load_manifest(photos)["checksum"]
+
+
+def test_a_tampered_shard_is_refused(photos: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(photos, tmp_path / "copy")
+    shard = copy / "train-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SdakdError, match="train-00000.parquet: sha256 differs"):
+        load_manifest(copy)
+
+
+def test_a_tampered_manifest_checksum_is_refused(photos: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(photos, tmp_path / "copy")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["checksum"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SdakdError, match="'checksum' does not match"):
+        load_manifest(copy)
+
+
+def test_missing_or_corrupt_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SdakdError, match="manifest.json not found"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(SdakdError, match="not valid JSON"):
+        load_manifest(tmp_path)
+
+
+def test_bad_images_dir_is_refused_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SdakdError, match="does not exist"):
+        build_dataset(out, images_dir=tmp_path / "nowhere")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SdakdError, match="is not a folder"):
+        build_dataset(out, images_dir=tmp_path / "file.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SdakdError, match="holds no images"):
+        build_dataset(out, images_dir=tmp_path / "empty")
+    assert not out.exists()
+
+
+def test_an_image_smaller_than_the_crop_is_named(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "img", {"big.png": (80, 80), "tiny.png": (32, 20), "zz.png": (90, 90)})
+    with pytest.raises(SdakdError, match=r"tiny\.png is 32x20.*min_side=64"):
+        build_dataset(tmp_path / "out", images_dir=images, val_count=1, min_side=64)
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_images_build_with_alpha_dropped(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "img", {"a.png": (80, 60), "b.jpg": (700, 300), "c.png": (90, 90)})
+    Image.new("RGBA", (64, 64), (10, 20, 30, 40)).save(images / "d.png")
+    build_dataset(tmp_path / "out", images_dir=images, val_count=1, max_side=256)
+    train = dict(read_split(tmp_path / "out", "train"))
+    assert sorted(train) == ["a", "b", "c"]
+    assert tuple(train["b"].shape) == (3, 110, 256)  # longest side capped, aspect kept
+    assert [name for name, _ in read_split(tmp_path / "out", "val")] == ["d"]
+
+
+# ---------------------------------------------------------------- degradations
+
+
+def test_bicubic_down_and_up_shapes() -> None:
+    hr = torch.rand(3, 64, 48)
+    assert bicubic_down(hr, 4).shape == (3, 16, 12)
+    assert bicubic_down(hr.expand(2, 3, 64, 48), 2).shape == (2, 3, 32, 24)
+    assert bicubic_up(bicubic_down(hr, 4), 4).shape == (3, 64, 48)
+    flat = torch.full((3, 32, 32), 0.3)
+    assert torch.allclose(bicubic_down(flat, 4), torch.full((3, 8, 8), 0.3), atol=1e-6)
+
+
+def test_second_order_is_a_function_of_the_seed() -> None:
+    hr = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    a = second_order(hr, 4, torch.Generator().manual_seed(7))
+    b = second_order(hr, 4, torch.Generator().manual_seed(7))
+    c = second_order(hr, 4, torch.Generator().manual_seed(8))
+    assert a.shape == (3, 16, 16)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(a, (a * 255).round() / 255) and 0 <= a.min() and a.max() <= 1  # 8-bit LR
+    assert second_order(hr.expand(2, 3, 64, 64), 4, torch.Generator().manual_seed(7)).shape == (2, 3, 16, 16)
+
+
+def test_degradation_registry_names_the_choices() -> None:
+    assert DEGRADATIONS.names() == ["bicubic", "second_order"]
+    with pytest.raises(SdakdError, match="known: bicubic, second_order"):
+        DEGRADATIONS.get("jpeg")
+
+
+# ---------------------------------------------------------------- step-indexed batches
+
+
+def test_batches_have_the_right_shapes(photos: Path) -> None:
+    batch = StepBatches(photos, batch_size=3, gt_size=64, scale=4)[0]
+    assert batch["hr"].shape == (3, 3, 64, 64) and batch["lr"].shape == (3, 3, 16, 16)
+    assert batch["hr"].dtype == batch["lr"].dtype == torch.float32
+    assert 0 <= batch["lr"].min() and batch["lr"].max() <= 1
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "second_order"])
+def test_a_batch_is_a_pure_function_of_seed_and_step(photos: Path, degradation: str) -> None:
+    batches = StepBatches(photos, batch_size=2, gt_size=64, scale=4, degradation=degradation, seed=3)
+    resumed = StepBatches(photos, batch_size=2, gt_size=64, scale=4, degradation=degradation, seed=3)
+    for key in ("lr", "hr"):
+        assert torch.equal(batches[5][key], resumed[5][key])
+        assert not torch.equal(batches[5][key], batches[6][key])
+    other_seed = StepBatches(photos, batch_size=2, gt_size=64, scale=4, degradation=degradation, seed=4)
+    assert not torch.equal(batches[5]["hr"], other_seed[5]["hr"])
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "second_order"])
+def test_two_ranks_see_exactly_one_double_batch(photos: Path, degradation: str) -> None:
+    common = dict(gt_size=64, scale=4, degradation=degradation, seed=11)
+    whole = StepBatches(photos, batch_size=4, **common)[9]
+    parts = [StepBatches(photos, batch_size=2, rank=r, world_size=2, **common)[9] for r in (0, 1)]
+    for key in ("lr", "hr"):
+        assert torch.equal(torch.cat([p[key] for p in parts]), whole[key])
+
+
+def test_batch_loader_serves_the_requested_steps_in_order(photos: Path) -> None:
+    batches = StepBatches(photos, batch_size=2, gt_size=32, scale=4)
+    for workers in (0, 2):
+        served = list(batch_loader(batches, start_step=4, num_steps=3, num_workers=workers))
+        assert len(served) == 3
+        for step, batch in zip(range(4, 7), served):
+            assert torch.equal(batch["lr"], batches[step]["lr"]) and torch.equal(batch["hr"], batches[step]["hr"])
+
+
+def test_a_train_image_smaller_than_gt_size_is_named(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "img", {"a.png": (80, 80), "b.png": (100, 70), "c.png": (90, 90)})
+    build_dataset(tmp_path / "out", images_dir=images, val_count=1)
+    with pytest.raises(SdakdError, match=r"smaller than gt_size=72: b \(100x70\)"):
+        StepBatches(tmp_path / "out", batch_size=1, gt_size=72, scale=4)
+
+
+def test_bad_loader_arguments_are_refused(photos: Path) -> None:
+    with pytest.raises(SdakdError, match="not a multiple of scale"):
+        StepBatches(photos, gt_size=66, scale=4)
+    with pytest.raises(SdakdError, match="rank=2 is outside"):
+        StepBatches(photos, gt_size=64, rank=2, world_size=2)
+    with pytest.raises(SdakdError, match="unknown degradation"):
+        StepBatches(photos, gt_size=64, degradation="blur")
+    with pytest.raises(SdakdError, match="split 'test' is unknown"):
+        StepBatches(photos, split="test", gt_size=64)
+
+
+def test_val_pairs_are_scale_aligned_bicubic_pairs(photos: Path) -> None:
+    pairs = val_pairs(photos, scale=4)
+    assert [name for name, _, _ in pairs] == ["retina", "rocket"]
+    for _, lr, hr in pairs:
+        assert hr.shape[1] % 4 == 0 and hr.shape[2] % 4 == 0
+        assert torch.equal(lr, bicubic_down(hr, 4))
+    cropped = val_pairs(photos, scale=4, max_side=130)
+    assert all(max(hr.shape[1:]) <= 130 and hr.shape[1] % 4 == 0 for _, _, hr in cropped)
