@@ -41,8 +41,8 @@ class TeacherPretrain(Frozen):
 class TeacherConfig(Frozen):
     arch: str = "rrdbnet"
     num_feat: int = Field(64, ge=1)
-    num_block: int = Field(23, ge=1)
-    num_grow_ch: int = Field(32, ge=1)
+    num_block: int = Field(23, ge=1, description="depth: RRDB blocks (rrdbnet) or body convs (srvgg_compact)")
+    num_grow_ch: int | None = Field(32, ge=1, description="rrdbnet only; null for other families")
     d_arch: str = "unet_sn"
     d_num_feat: int = Field(64, ge=1)
     weights: Path | None = Field(None, description="official generator .pth (e.g. RealESRGAN_x4plus.pth)")
@@ -52,7 +52,7 @@ class TeacherConfig(Frozen):
 
 class StudentConfig(Frozen):
     width: float = Field(0.25, gt=0, le=1, description="generator width factor r (channels x r)")
-    num_block: int | None = Field(None, ge=1, description="blocks; None = the teacher's")
+    num_block: int | None = Field(None, ge=1, description="depth (blocks or convs); None = the teacher's")
 
 
 class StudentDConfig(Frozen):

@@ -25,7 +25,8 @@ from sdakd.engine import Callbacks, Engine, Stage
 from sdakd.evaluate import count_params, latency_ms, macs, psnr_y, ssim_y
 from sdakd.methods import METHODS
 from sdakd.methods.teacher import PretrainTeacher
-from sdakd.models import build_discriminator, build_generator, load_weights
+from sdakd.methods.base import sr_generator
+from sdakd.models import build_discriminator, load_weights
 from sdakd.teacher import Teacher
 
 log = logging.getLogger("sdakd")
@@ -80,13 +81,6 @@ def train_batches(cfg: ExperimentConfig, data: Dataset, batch_size: int, rank: i
 # ---------------------------------------------------------------- teacher
 
 
-def teacher_generator(cfg: ExperimentConfig) -> nn.Module:
-    t = cfg.teacher
-    return build_generator(
-        t.arch, scale=cfg.data.scale, num_feat=t.num_feat, num_block=t.num_block, num_grow_ch=t.num_grow_ch
-    )
-
-
 def teacher_discriminator(cfg: ExperimentConfig) -> nn.Module:
     return build_discriminator(cfg.teacher.d_arch, num_feat=cfg.teacher.d_num_feat)
 
@@ -108,7 +102,7 @@ def pretrain_key(cfg: ExperimentConfig, data: Dataset) -> str:
 
 
 def build_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) -> Teacher:
-    g, d = teacher_generator(cfg), teacher_discriminator(cfg)
+    g, d = sr_generator(cfg), teacher_discriminator(cfg)
     if cfg.teacher.weights is not None:
         load_weights(g, cfg.teacher.weights)
         if cfg.teacher.d_weights is not None:
@@ -134,7 +128,7 @@ def pretrain_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device,
     p = cfg.teacher.pretrain
     log.info("no teacher weights configured: pretraining the teacher (%d G + %d D steps)", p.iters, p.d_iters)
     torch.manual_seed(cfg.seed)
-    method = PretrainTeacher(cfg, teacher_generator(cfg), teacher_discriminator(cfg)).to(device)
+    method = PretrainTeacher(cfg, sr_generator(cfg), teacher_discriminator(cfg)).to(device)
     batches = train_batches(cfg, data, p.batch_size)
     engine = Engine(
         method,

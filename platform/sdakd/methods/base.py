@@ -18,7 +18,7 @@ from sdakd.config import ExperimentConfig
 from sdakd.engine.stage import Stage
 from sdakd.errors import SdakdError
 from sdakd.losses import AdversarialLoss, PerceptualLoss
-from sdakd.models import FeatureTaps, build_discriminator, build_generator
+from sdakd.models import FeatureTaps, build_discriminator, generator_from_spec
 from sdakd.teacher import Teacher
 
 
@@ -26,16 +26,17 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def student_generator(cfg: ExperimentConfig) -> nn.Module:
+def sr_generator(cfg: ExperimentConfig, width: float = 1.0, depth: int | None = None) -> nn.Module:
+    """The teacher's architecture at `width` (and `depth` blocks): teacher and students share one family."""
     t = cfg.teacher
-    return build_generator(
-        t.arch,
-        width=cfg.student.width,
-        scale=cfg.data.scale,
-        num_feat=t.num_feat,
-        num_block=cfg.student.num_block or t.num_block,
-        num_grow_ch=t.num_grow_ch,
+    extra = {"num_grow_ch": t.num_grow_ch} if t.num_grow_ch is not None else {}
+    return generator_from_spec(
+        t.arch, scale=cfg.data.scale, depth=depth or t.num_block, width=width, num_feat=t.num_feat, **extra
     )
+
+
+def student_generator(cfg: ExperimentConfig) -> nn.Module:
+    return sr_generator(cfg, cfg.student.width, cfg.student.num_block)
 
 
 def discriminator(cfg: ExperimentConfig, width: float) -> nn.Module:

@@ -1,6 +1,13 @@
 """Teacher and student networks (Real-ESRGAN family), their registries, feature taps and checkpoint I/O."""
 
-from sdakd.models.factory import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator, count_params
+from sdakd.models.factory import (
+    DISCRIMINATORS,
+    GENERATORS,
+    build_discriminator,
+    build_generator,
+    count_params,
+    generator_from_spec,
+)
 from sdakd.models.rrdbnet import RRDB, RRDBNet, ResidualDenseBlock
 from sdakd.models.srvgg import SRVGGNetCompact
 from sdakd.models.taps import FeatureTaps, feature_channels, pair_taps
@@ -20,6 +27,7 @@ __all__ = [
     "build_generator",
     "count_params",
     "feature_channels",
+    "generator_from_spec",
     "load_weights",
     "pair_taps",
     "save_official",

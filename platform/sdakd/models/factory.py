@@ -43,6 +43,14 @@ def build_generator(arch: str, width: float = 1.0, **params: Any) -> nn.Module:
     return build(GENERATORS, arch, width, params)
 
 
+def generator_from_spec(
+    arch: str, *, scale: int, depth: int, width: float = 1.0, **params: Any
+) -> nn.Module:
+    """A generator from the config's family-neutral fields: `depth` is RRDB blocks or compact convs."""
+    names = GENERATORS.get(arch).spec_names
+    return build_generator(arch, width=width, **{names["scale"]: scale, names["depth"]: depth}, **params)
+
+
 def build_discriminator(arch: str, width: float = 1.0, **params: Any) -> nn.Module:
     """A registered discriminator with its channel arguments (given or default) times `width`."""
     return build(DISCRIMINATORS, arch, width, params)

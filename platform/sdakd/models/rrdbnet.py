@@ -61,6 +61,8 @@ class RRDB(nn.Module):
 class RRDBNet(nn.Module):
     """ESRGAN/Real-ESRGAN generator (x4plus at the defaults: 16,697,987 parameters)."""
 
+    # How the config's generic spec (scale, depth) maps onto this class's arguments.
+    spec_names: ClassVar[dict[str, str]] = {"scale": "scale", "depth": "num_block"}
     width_params: ClassVar[tuple[str, ...]] = ("num_feat", "num_grow_ch")
 
     def __init__(

@@ -27,6 +27,8 @@ def activation(act_type: str, num_feat: int) -> nn.Module:
 class SRVGGNetCompact(nn.Module):
     """`body` alternates conv and activation (official key names body.0.weight, body.1.weight, ...)."""
 
+    # How the config's generic spec (scale, depth) maps onto this class's arguments.
+    spec_names: ClassVar[dict[str, str]] = {"scale": "upscale", "depth": "num_conv"}
     width_params: ClassVar[tuple[str, ...]] = ("num_feat",)
 
     def __init__(

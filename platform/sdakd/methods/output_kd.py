@@ -1,0 +1,20 @@
+"""output_kd: the student learns the teacher's output (L1, weight `loss.teacher_output.weight`) next to the GT
+losses, with no adversary: no discriminator is built at all.
+
+It keeps the three stages (identical term sets) only so that its budget and evaluation points match the others.
+"""
+
+from __future__ import annotations
+
+from sdakd.engine.stage import Stage
+from sdakd.methods.base import Method
+from sdakd.methods.registry import METHODS
+from sdakd.methods.vanilla import three_stages
+
+
+@METHODS.register("output_kd")
+class OutputKD(Method):
+    name = "output_kd"
+
+    def stages(self) -> list[Stage]:
+        return three_stages(self, {}, {}, {}, warm_d=False)
