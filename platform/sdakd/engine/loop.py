@@ -44,8 +44,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def _params(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
+def _param_groups(nets: Mapping[str, nn.Module], names: Iterable[str]) -> list[dict[str, Any]]:
+    """One Adam param group per net, named, so a checkpoint's optimizer state can be matched net by net."""
+    groups = []
+    for name in names:
+        params = [p for p in nets[name].parameters() if p.requires_grad] if name in nets else []
+        if params:
+            groups.append({"params": params, "net": name})
+    return groups
 
 
 def _set_trainable(modules: Iterable[nn.Module], flag: bool) -> None:
@@ -79,9 +85,9 @@ class Engine:
         self.offsets = stage_offsets(self.stages)
         self.g_modules = method.modules_for(method.g_nets)
         self.d_modules = method.modules_for(method.d_nets)
-        self.opt_g = torch.optim.Adam(_params(self.g_modules), lr=lr_g, betas=betas)
-        d_params = _params(self.d_modules)
-        self.opt_d = torch.optim.Adam(d_params, lr=lr_d, betas=betas) if d_params else None
+        self.opt_g = torch.optim.Adam(_param_groups(method.nets, method.g_nets), lr=lr_g, betas=betas)
+        d_groups = _param_groups(method.nets, method.d_nets)
+        self.opt_d = torch.optim.Adam(d_groups, lr=lr_d, betas=betas) if d_groups else None
         student = unwrap(method.nets["student_g"])
         self.ema = ModelEmaV3(student, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
         # bf16 autocast on CUDA only: CPU autocast is slower than fp32 on small convs.
