@@ -22,6 +22,8 @@ from sdakd.config import ExperimentConfig, config_hash, dump_yaml, stable_hash
 from sdakd.data import StepBatches, build_dataset, load_manifest, val_pairs
 from sdakd.data.degrade import bicubic_up
 from sdakd.engine import Callbacks, Engine, Stage
+from sdakd.engine.checkpoint import load_checkpoint
+from sdakd.errors import SdakdError
 from sdakd.evaluate import count_params, latency_ms, macs, psnr_y, ssim_y
 from sdakd.methods import METHODS
 from sdakd.methods.teacher import PretrainTeacher
@@ -290,6 +292,7 @@ def build_experiment(
         evaluate=lambda: exp.validator.student(exp.engine.eval_generator()),
         callbacks=callbacks,
         writer=writer,
+        metadata={"config": cfg.to_dict(), "config_hash": config_hash(cfg)},
     )
     exp.timings["setup_s"] = time.perf_counter() - started
     return exp
@@ -326,6 +329,28 @@ def write_run_files(exp: Experiment, command: str | None = None) -> None:
     (exp.out_dir / "command.txt").write_text((command or shlex.join(sys.argv)) + "\n")
 
 
+# Fields that fix the networks' shapes: a checkpoint only resumes under the same values.
+ARCHITECTURE_FIELDS = ("method", "teacher", "student", "student_d", "data.scale", "methods")
+
+
+def check_resumable(cfg: ExperimentConfig, path: Path) -> None:
+    saved = load_checkpoint(path).get("meta", {}).get("config")
+    if saved is None:
+        raise SdakdError(f"checkpoint {path} holds no config: it was not written by `sdakd train`")
+    here = cfg.to_dict()
+    differ = []
+    for field_path in ARCHITECTURE_FIELDS:
+        a, b = saved, here
+        for key in field_path.split("."):
+            a, b = (a or {}).get(key), (b or {}).get(key)
+        if a != b:
+            differ.append(f"{field_path}: checkpoint {a!r} vs config {b!r}")
+    if differ:
+        raise SdakdError(
+            f"checkpoint {path} was written for other networks (wrong architecture?):\n  " + "\n  ".join(differ)
+        )
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -334,10 +359,13 @@ def run_experiment(
     command: str | None = None,
 ) -> dict[str, Any]:
     """Train all stages locally and write checkpoints, the student weights and metrics.json."""
+    path = None
+    if resume:
+        path = out_dir_for(cfg) / "checkpoints" if resume is True else Path(resume)
+        check_resumable(cfg, path)  # before any data, teacher or network is built
     exp = build_experiment(cfg, callbacks=[ConsoleProgress(), *callbacks])
     write_run_files(exp, command)
-    if resume:
-        path = exp.out_dir / "checkpoints" if resume is True else Path(resume)
+    if path is not None:
         exp.engine.resume(path)
         print(f"resumed from {path} at global step {exp.engine.global_step()}", flush=True)
     started = time.perf_counter()

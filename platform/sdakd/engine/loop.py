@@ -77,6 +77,7 @@ class Engine:
         evaluate: Callable[[], Mapping[str, float]] | None = None,
         callbacks: Iterable[Callbacks] = (),
         writer: bool = True,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.method = method
         self.batches = batches
@@ -102,6 +103,7 @@ class Engine:
         self.evaluate = evaluate
         self.callbacks = list(callbacks)
         self.writer = writer
+        self.metadata = dict(metadata or {})  # saved in every checkpoint (e.g. the resolved config)
         self.position = Position()
         # What each stage actually did: the terms it computed and how often each optimizer stepped.
         self.stats: dict[str, dict[str, Any]] = {
@@ -198,6 +200,7 @@ class Engine:
             "position": {"stage": self.position.stage, "step": self.position.step},
             "global_step": self.global_step(),
             "history": self.history,
+            "meta": self.metadata,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
