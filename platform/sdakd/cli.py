@@ -38,8 +38,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = _load(args)
     from sdakd.pipeline import out_dir_for, run_experiment
 
-    resume = args.resume if args.resume is not None else None
-    metrics = run_experiment(cfg, resume=True if resume == "auto" else (Path(resume) if resume else None))
+    resume = True if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    metrics = run_experiment(cfg, resume=resume)
     out = out_dir_for(cfg)
     s, r = metrics["student"], metrics["references"]
     print(f"\nwrote {out}/metrics.json, {out}/student.pt, {out}/checkpoints/")

@@ -171,11 +171,10 @@ class Validator:
 
     def _score(self, outputs: list[torch.Tensor], prefix: str) -> dict[str, float]:
         hrs = [hr.unsqueeze(0) for _, _, hr in self.pairs]
-        out = {
+        return {
             f"{prefix}psnr_y": _mean(psnr_y(o, hr, self.scale) for o, hr in zip(outputs, hrs)),
             f"{prefix}ssim_y": _mean(ssim_y(o, hr, self.scale) for o, hr in zip(outputs, hrs)),
         }
-        return out
 
     def student(self, g: nn.Module) -> dict[str, float]:
         was_training = g.training

@@ -20,16 +20,17 @@ def _run_folder(path: Path) -> Path:
 
 
 def _student_state(path: Path) -> dict[str, torch.Tensor]:
+    """The shipped student weights: `student.pt`, else the EMA (or raw) G of a training checkpoint."""
     if path.is_dir():
         path = path / "student.pt" if (path / "student.pt").is_file() else path / "checkpoints"
-    if path.is_dir() or path.name.endswith(".pt") and path.name != "student.pt":
-        state = load_checkpoint(path)
-        ema = state.get("ema")
-        return {k.removeprefix("module."): v for k, v in ema.items()} if ema else state["nets"]["student_g"]
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise SdakdError(f"{path} is not a readable weights file: {err}") from None
+    if path.is_file() and path.name == "student.pt":
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+            raise SdakdError(f"{path} is not a plain weights file (refused to load it): {err}") from None
+    state = load_checkpoint(path)
+    ema = state.get("ema")
+    return {k.removeprefix("module."): v for k, v in ema.items()} if ema else state["nets"]["student_g"]
 
 
 def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
