@@ -17,13 +17,12 @@ from sdakd.engine import Engine
 from sdakd.losses import relational_kd
 from sdakd.losses.relational import angle_potential, content_items, distance_potential
 from sdakd.methods import METHODS
+from sdakd.methods.dcd import fitting_factor
 from sdakd.models import DISCRIMINATORS
 from sdakd.teacher import Teacher
 
 ENGINE_DIR = Path(__file__).resolve().parents[1] / "platform" / "sdakd" / "engine"
 ONE_STEP_EACH = ("stages.s1.iters=1", "stages.s2.iters=1", "stages.s3.iters=1")
-# the perceptual term is shared base code, tested elsewhere; its VGG19 costs seconds per CPU step
-NO_VGG = "loss.perceptual.weight=0"
 
 
 def build(cfg, teacher):
@@ -95,7 +94,8 @@ def test_content_items_rows_columns_patches() -> None:
 
 def test_dcd_loss_is_zero_for_identical_taps_and_connectors(small_cfg, small_teacher) -> None:
     # a student with the teacher's exact architecture, weights and connectors
-    cfg = small_cfg("method=dcd", NO_VGG, "student.width=1.0", f"student.num_block={len(small_teacher.g.body)}")
+    depth = small_cfg().teacher.num_block
+    cfg = small_cfg("method=dcd", "student.width=1.0", f"student.num_block={depth}")
     method = build(cfg, small_teacher)
     assert method.student_tap_names == method.teacher_tap_names
     method.nets["student_g"].load_state_dict(small_teacher.g.state_dict())
@@ -104,7 +104,7 @@ def test_dcd_loss_is_zero_for_identical_taps_and_connectors(small_cfg, small_tea
 
 
 def test_dcd_gradient_reaches_student_connectors_not_teacher(small_cfg, small_teacher) -> None:
-    method = build(small_cfg("method=dcd", NO_VGG), small_teacher)
+    method = build(small_cfg("method=dcd"), small_teacher)
     step = first_step(method)
     loss = method.g_dcd(step)
     loss.backward()
@@ -117,7 +117,7 @@ def test_dcd_gradient_reaches_student_connectors_not_teacher(small_cfg, small_te
 
 
 def test_dcd_teacher_connectors_are_fixed_and_seeded(small_cfg, small_teacher) -> None:
-    cfg = small_cfg("method=dcd", NO_VGG)
+    cfg = small_cfg("method=dcd")
     a, b = build(cfg, small_teacher), build(cfg, small_teacher)
     for pa, pb in zip(a.nets["teacher_connectors"].parameters(), b.nets["teacher_connectors"].parameters()):
         assert torch.equal(pa, pb) and not pa.requires_grad
@@ -126,6 +126,24 @@ def test_dcd_teacher_connectors_are_fixed_and_seeded(small_cfg, small_teacher) -
     assert not trained & {id(p) for p in a.nets["teacher_connectors"].parameters()}
     assert "teacher_connectors" in engine.state_dict()["nets"]  # saved with every checkpoint
     assert a.adversary() is a.nets["d"]
+
+
+def test_dcd_upsamples_connector_maps_to_fit_the_unet_d(small_cfg, small_teacher) -> None:
+    assert [fitting_factor(12, 12), fitting_factor(16, 64), fitting_factor(12, 16), fitting_factor(13, 8)] == [2, 1, 2, 8]
+    method = build(small_cfg("method=dcd"), small_teacher)
+    assert method.phi(torch.rand(2, 3, 12, 12)).shape[-2:] == (24, 24)  # conv8 keeps the input size
+
+
+# ---------------------------------------------------------------- CRD
+
+
+def test_crd_plays_against_the_frozen_teacher_d(small_cfg, small_teacher) -> None:
+    method = build(small_cfg("method=crd"), small_teacher)
+    assert method.adversary() is small_teacher.d and "d" not in method.nets
+    assert engine_for(method).opt_d is None
+    step = first_step(method)
+    step.__dict__["sr"] = step.teacher_sr.clone()  # a student that imitates perfectly
+    assert method.g_crd(step).item() == pytest.approx(0.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------- AKDG
@@ -151,7 +169,7 @@ class MeanD(nn.Module):
 
 def test_akdg_distillation_d_sees_teacher_output_as_real(small_cfg, small_teacher) -> None:
     teacher = Teacher(ConstantG(5.0), small_teacher.d, identity="const", source="test")
-    method = build(small_cfg("method=akdg", NO_VGG), teacher)
+    method = build(small_cfg("method=akdg"), teacher)
     method.nets["d_kd"] = MeanD()
     step = first_step(method)
     # BCE with target 1 on logit 5 is softplus(-5); with target 0 it would be softplus(5)
@@ -173,11 +191,11 @@ class Untouchable(nn.Module):
 
 def test_vanilla_never_calls_the_teacher(small_cfg) -> None:
     teacher = Teacher(Untouchable(), Untouchable(), identity="untouchable", source="test")
-    method = build(small_cfg("method=vanilla", NO_VGG, *ONE_STEP_EACH), teacher)
+    method = build(small_cfg("method=vanilla", *ONE_STEP_EACH), teacher)
     assert method.teacher is None
     engine = engine_for(method)
     engine.run()
-    assert engine.stats["s3"]["g_terms"] == {"pixel", "gan"}
+    assert "teacher_output" not in engine.stats["s1"]["g_terms"] and "gan" in engine.stats["s3"]["g_terms"]
 
 
 def test_output_kd_builds_no_discriminator(small_cfg, small_teacher, monkeypatch) -> None:
@@ -185,11 +203,13 @@ def test_output_kd_builds_no_discriminator(small_cfg, small_teacher, monkeypatch
         raise AssertionError(f"output_kd built a discriminator {name!r}")
 
     monkeypatch.setattr(DISCRIMINATORS, "get", refuse)
-    method = build(small_cfg("method=output_kd", NO_VGG, *ONE_STEP_EACH), small_teacher)
+    method = build(small_cfg("method=output_kd", *ONE_STEP_EACH), small_teacher)
     engine = engine_for(method)
     assert engine.opt_d is None and set(method.nets) == {"student_g"}
     engine.run()
-    assert all(s["g_terms"] == {"pixel", "teacher_output"} for s in engine.stats.values())
+    supervised = {name for name, weight in method.supervised().items() if weight}
+    assert "teacher_output" in supervised
+    assert all(s["g_terms"] == supervised for s in engine.stats.values())
 
 
 # ---------------------------------------------------------------- every method
@@ -229,7 +249,7 @@ def test_engine_never_names_a_method(name: str) -> None:
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_one_step_per_stage(name, small_cfg, small_teacher) -> None:
-    cfg = small_cfg(f"method={name}", NO_VGG, *ONE_STEP_EACH)
+    cfg = small_cfg(f"method={name}", *ONE_STEP_EACH)
     method = build(cfg, small_teacher)
     engine = engine_for(method)
     engine.run()  # raises on a non-finite loss

@@ -38,16 +38,20 @@ def relational_kd(
     `subsample` bounds the items the N^3 angle term sees (evenly spaced, so the same items every call); the
     distance term always uses them all. The teacher side carries no gradient.
     """
-    with torch.no_grad():
-        teacher_distance = distance_potential(teacher_items)
-    distance = F.smooth_l1_loss(distance_potential(student_items), teacher_distance)
-    n = student_items.shape[-2]
-    if subsample is not None and n > subsample:
-        keep = torch.linspace(0, n - 1, subsample, device=student_items.device).round().long()
-        student_items, teacher_items = student_items[..., keep, :], teacher_items[..., keep, :]
-    with torch.no_grad():
-        teacher_angle = angle_potential(teacher_items)
-    angle = F.smooth_l1_loss(angle_potential(student_items), teacher_angle)
+    # in fp32 even under autocast: the loss lives in small differences between cosines that bf16 would round away
+    with torch.autocast(student_items.device.type, enabled=False):
+        dtype = torch.promote_types(student_items.dtype, torch.float32)  # fp32 or better
+        student_items, teacher_items = student_items.to(dtype), teacher_items.to(dtype)
+        with torch.no_grad():
+            teacher_distance = distance_potential(teacher_items)
+        distance = F.smooth_l1_loss(distance_potential(student_items), teacher_distance)
+        n = student_items.shape[-2]
+        if subsample is not None and n > subsample:
+            keep = torch.linspace(0, n - 1, subsample, device=student_items.device).round().long()
+            student_items, teacher_items = student_items[..., keep, :], teacher_items[..., keep, :]
+        with torch.no_grad():
+            teacher_angle = angle_potential(teacher_items)
+        angle = F.smooth_l1_loss(angle_potential(student_items), teacher_angle)
     return distance + 2 * angle
 
 

@@ -32,6 +32,10 @@ class DCDOptions(GANOptions):
     connector_channels: int = Field(3, ge=1, description="connector outputs; must be the D's input channels")
     phi_layer: str = Field("conv8", description="D module whose output is phi_D (conv8: the penultimate, as DCD)")
     d_width: float = Field(1.0, gt=0, le=1, description="collaborative D width relative to the teacher D")
+    phi_upsample: int | None = Field(
+        None, ge=1, description="nearest-upsampling of connector maps before phi_D; None = the smallest power of 2 "
+        "that makes their sides multiples of 8 (the U-Net D's need), i.e. 1 at LR 16 or 64, 2 at LR 12",
+    )
 
 
 def connectors(channels: list[int], out: int) -> nn.ModuleList:
@@ -41,6 +45,15 @@ def connectors(channels: list[int], out: int) -> nn.ModuleList:
         return nn.Sequential(conv, nn.BatchNorm2d(out), nn.ReLU())
 
     return nn.ModuleList(connector(c) for c in channels)
+
+
+def fitting_factor(height: int, width: int, multiple: int = 8) -> int:
+    """The smallest power of 2 that scales both sides to multiples of `multiple` (the U-Net D's three stride-2
+    convs need 8)."""
+    factor = 1
+    while (height * factor) % multiple or (width * factor) % multiple:
+        factor *= 2
+    return factor
 
 
 @METHODS.register("dcd")
@@ -80,6 +93,9 @@ class DCD(Method):
         return three_stages(self, {"dcd": self.options.weight}, gan, REAL_FAKE, self.options.warm_d)
 
     def phi(self, images: torch.Tensor) -> torch.Tensor:
+        factor = self.options.phi_upsample or fitting_factor(*images.shape[-2:])
+        if factor > 1:
+            images = F.interpolate(images, scale_factor=factor, mode="nearest")
         # hooks go on the plain module, the call through any DDP wrapper
         with FeatureTaps(unwrap(self.nets["d"]), [self.options.phi_layer]) as taps:
             self.nets["d"](images)
