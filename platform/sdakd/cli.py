@@ -73,6 +73,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(evaluate_checkpoint(args.checkpoint, args.overrides), indent=2))
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    from sdakd.search.runner import print_summary, run_named
+
+    print_summary(run_named(args.space, samples=args.samples, resume=args.resume, overrides=args.overrides))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from sdakd.config import preset_names
     from sdakd.methods import METHODS
@@ -110,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", type=Path, help="run folder, its checkpoints/last.pt, or student.pt")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     evaluate.set_defaults(handler=cmd_eval)
+
+    search = sub.add_parser("search", help="Ray Tune + Optuna over a named search space (search_spaces/NAME.yaml)")
+    search.add_argument("space", help="a search space name (e.g. smoke, sdakd_core, pareto) or a YAML path")
+    search.add_argument("--samples", type=int, help="number of trials (default: the space's `samples`)")
+    search.add_argument("--resume", action="store_true", help="continue a search whose driver was stopped")
+    search.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+        help="dotted-path override of the base config, repeatable (run.out_dir: the search folder)",
+    )
+    search.set_defaults(handler=cmd_search)
 
     listing = sub.add_parser("list", help="presets, methods, search spaces and ablation grids")
     listing.set_defaults(handler=cmd_list)

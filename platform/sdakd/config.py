@@ -12,7 +12,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdakd.errors import SdakdError
 
 PRESETS_PACKAGE = "sdakd.presets"
+# Named YAML folders (ablations/, search_spaces/) sit at the top of the source checkout.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Fields that name where things are written or how often we log: they never change what is learned.
 TRACKING_ONLY = ("run",)
 
@@ -233,6 +235,41 @@ def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SdakdError(f"config file {path} must hold a mapping at the top level, found {type(data).__name__}")
     return data
+
+
+def project_dirs(folder: str) -> list[Path]:
+    """`folder` (e.g. ablations/) in the working directory first, then in the source checkout's root."""
+    dirs = [Path.cwd() / folder, REPO_ROOT / folder]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in {x.resolve() for x in dirs[:i]}]
+
+
+def project_names(folder: str) -> list[str]:
+    return sorted({p.stem for d in project_dirs(folder) for p in d.glob("*.yaml")})
+
+
+def find_project_yaml(folder: str, name: str, kind: str) -> Path:
+    """A named YAML in `folder` (see project_dirs), or a path to one; unknown names list the known ones."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        if not Path(name).is_file():
+            raise SdakdError(f"{kind} file {name} does not exist")
+        return Path(name)
+    for d in project_dirs(folder):
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    raise SdakdError(f"unknown {kind} {name!r}; known: {', '.join(project_names(folder)) or 'none'}")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_project_yaml(model: type[M], folder: str, name: str, kind: str) -> tuple[M, Path]:
+    """A named YAML (see find_project_yaml) validated as `model`, its `name` field set to the file's stem."""
+    path = find_project_yaml(folder, name, kind)
+    try:
+        return model.model_validate({"name": path.stem, **_read_yaml(path)}), path
+    except ValidationError as err:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or '<top level>'}: {e['msg']}" for e in err.errors())
+        raise SdakdError(f"invalid {kind} {path}:\n{problems}") from None
 
 
 def preset_dict(name: str) -> dict[str, Any]:

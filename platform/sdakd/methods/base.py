@@ -102,6 +102,11 @@ class Method:
     def stages(self) -> list[Stage]:
         raise NotImplementedError
 
+    def prefix_exempt_options(self, done: list[Stage]) -> frozenset[str]:
+        """Option names (`methods.<name>.*`) that cannot change the result of the stages `done`: the stage-prefix
+        cache leaves them out of those stages' key. Default: none, which is always safe."""
+        return frozenset()
+
     # ------------------------------------------------------------------ used by the engine
     def step(self, batch: dict[str, torch.Tensor]) -> Step:
         return Step(self, batch)

@@ -1,0 +1,292 @@
+"""`sdakd search NAME`: Ray Tune over a named space, Optuna's TPE (seeded, stored in sqlite) proposing trials, ASHA
+stopping weak ones after each stage. The only module (with sdakd.distributed) that imports Ray Tune.
+
+Layout of a search folder (`run.out_dir` of the base config, default runs/search-<name>):
+  tune/        the Tune experiment (trial folders, per-stage checkpoints); `--resume` restores it
+  base.yaml    the base config of every trial (absolute paths)
+  optuna.db    the Optuna study (`optuna.load_study(study_name=<name>, storage="sqlite:///.../optuna.db")`)
+  best.yaml    the best trial's full config, or pareto/<rank>.yaml for a multi-objective space:
+               `sdakd train --config best.yaml` trains it as is
+  trials.json  every trial: its parameters, the last report, and whether it trained all its stages
+
+Resources. A 1-worker trial runs the engine inside the Tune trial (no extra actors, torch threads = its CPUs).
+When ASHA stops it, its thread ends at the report it is blocked in, so its CPUs are free for the next trial at
+once. A multi-worker trial runs a Ray Train TorchTrainer (sdakd.distributed) whose controller is an actor
+owned by the trial's actor, holding the workers' placement group. A stopped trial's actor is therefore never
+reused and is force-killed after a few seconds if its graceful stop hangs (TUNE_FORCE_TRIAL_CLEANUP_S): the
+controller dies with it and Ray Train's placement-group cleaner frees the bundles before the next trial starts
+its workers, instead of Tune's default ten minutes during which that trial would time out waiting for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from sdakd.config import ExperimentConfig, dump_yaml, load_config, validate, with_overrides
+from sdakd.errors import SdakdError
+from sdakd.pipeline import build_teacher, ensure_dataset, resolve_device
+from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest, load_space
+from sdakd.search.trial import run_trial
+
+STATE_FILE = "engine.pt"
+BASE_FILE = "base.yaml"  # the base config every trial starts from; --resume must give the same
+# Seconds between snapshots of the experiment (trials + searcher): what a killed driver can lose on --resume.
+SNAPSHOT_S = "2"
+NESTED_CLEANUP_S = "5"
+# Kept per trial in trials.json next to the objectives: where it stopped, what it cost, when it ran.
+TRIAL_FIELDS = ("stage", "trained_iters", "prefix_stages", "time_total_s", "timestamp")
+
+
+@dataclass
+class Summary:
+    space: Space
+    folder: Path
+    trials: list[dict[str, Any]]
+    best: list[dict[str, Any]]  # one trial, or the Pareto set
+
+
+def run_named(name: str, *, samples: int | None = None, resume: bool = False, overrides: Sequence[str] = ()) -> Summary:
+    space, base = load_space(name, overrides)
+    if samples is not None:
+        if resume:
+            raise SdakdError("--samples cannot change on --resume: the restored search keeps its trial count")
+        space = space.model_copy(update={"samples": samples})
+    return search(space, base, resume=resume)
+
+
+def search(space: Space, base: ExperimentConfig, *, resume: bool = False) -> Summary:
+    """Run (or resume) the search; everything that can be wrong with the input fails before Ray starts."""
+    folder = Path(base.run.out_dir or Path("runs") / f"search-{space.name}").resolve()
+    experiment = folder / "tune"
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        raise SdakdError(f"nothing to resume: {experiment} holds no search (run it without --resume first)")
+    if not resume and experiment.exists():
+        raise SdakdError(f"{experiment} already holds a search: add --resume, or set run.out_dir to a new folder")
+    nested = space.resources.workers > 1
+    if nested:
+        _nested_entry()
+    # Trials run in their own folders and processes: every path they read must be absolute.
+    data_root = {"data.root": str(base.data.root.resolve())} if base.data.root else {}
+    base = with_overrides(base, {"run.cache_dir": str(base.run.cache_dir.resolve()), "run.out_dir": None, **data_root})
+    saved = folder / BASE_FILE
+    if resume and load_config(path=saved) != base:
+        raise SdakdError(f"--resume needs the --set values the search started with (its base config: {saved})")
+    # Build the dataset and pretrain the teacher once, here, so concurrent trials never race on those caches.
+    build_teacher(base, ensure_dataset(base), resolve_device(base.run.device))
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_S)
+    if nested:
+        os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", NESTED_CLEANUP_S)
+    if not ray.is_initialized():
+        ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
+    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    trainable = tune.with_resources(
+        partial(_trial, base=base.to_dict(), prefix_cache=space.prefix_cache, threads=max(1, int(space.resources.cpu)),
+                nested=nested),
+        resources,
+    )
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    if resume:
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        saved.write_text(dump_yaml(base))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(space, storage),
+                scheduler=_scheduler(space, base),
+                num_samples=space.samples,
+                max_concurrent_trials=space.concurrency,
+                reuse_actors=not nested,  # a reused actor would keep a stopped trial's Train controller alive
+            ),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=str(folder),
+                verbose=0,
+                callbacks=[Progress(space)],
+            ),
+        )
+    grid = tuner.fit()
+    summary = summarize(space, base, folder, grid)
+    _fail_orphans(storage, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
+    return summary
+
+
+def _searcher(space: Space, storage: str) -> OptunaSearch:
+    objectives = space.objectives
+    multi = len(objectives) > 1
+    return OptunaSearch(
+        space=Suggest(space.parameters),
+        metric=[o.metric for o in objectives] if multi else objectives[0].metric,
+        mode=[o.mode for o in objectives] if multi else objectives[0].mode,
+        seed=space.sampler.seed,  # OptunaSearch builds a TPESampler with it (multi-objective included)
+        storage=optuna.storages.RDBStorage(storage),
+        study_name=space.name,
+    )
+
+
+def _scheduler(space: Space, base: ExperimentConfig) -> ASHAScheduler | None:
+    asha = space.scheduler
+    if asha is None:
+        return None  # FIFO: every trial trains all its stages
+    return ASHAScheduler(
+        time_attr="training_iteration",  # one report per stage
+        metric=space.metric,
+        mode=space.mode,
+        max_t=asha.max_t or len(type(base.stages).model_fields),
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
+
+
+def _nested_entry():
+    """The Ray Train adapter's entry for one Tune trial: `tune_trial(cfg, report, resume=...)` runs a TorchTrainer
+    whose RunConfig carries ray.tune.integration.ray_train.TuneReportCallback and reports like `run_trial`."""
+    try:
+        from sdakd.distributed import tune_trial
+    except ImportError:
+        raise SdakdError(
+            "multi-worker trials need sdakd.distributed.tune_trial (a TorchTrainer run that reports to its Tune "
+            "trial), which sdakd.distributed does not provide yet; set resources.workers: 1 to train each trial "
+            "inside its Tune trial"
+        ) from None
+    return tune_trial
+
+
+# ---------------------------------------------------------------- inside a trial (a Ray actor)
+
+
+def _trial(params: dict[str, Any], *, base: dict[str, Any], prefix_cache: bool, threads: int, nested: bool) -> None:
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    cfg = with_overrides(validate(base), Suggest.overrides(params) | {"run.out_dir": str(trial_dir / "run")})
+    checkpoint = tune.get_checkpoint()
+    resume = Path(checkpoint.to_directory()) / STATE_FILE if checkpoint else None
+    if nested:
+        _nested_entry()(cfg, _report, resume=resume)
+        return
+    torch.set_num_threads(threads)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stage checkpoint
+    run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume)
+
+
+def _report(metrics: dict[str, Any], state_file: Path | None) -> None:
+    if state_file is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copyfile(state_file, Path(folder) / STATE_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+# ---------------------------------------------------------------- on the driver
+
+
+class Progress(tune.Callback):
+    """One line per stage report and per finished trial, instead of Tune's status tables."""
+
+    def __init__(self, space: Space) -> None:
+        self.metrics = [o.metric for o in space.objectives]
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        scores = " ".join(f"{m}={result[m]:.4g}" for m in self.metrics)
+        cached = f" (stages 1-{result['prefix_stages']} from the prefix cache)" if result["prefix_stages"] else ""
+        print(f"trial {trial.trial_id} {result['stage']}: {scores} trained {result['trained_iters']} it{cached}",
+              flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result
+        how = "finished" if last.get("final") else f"stopped after {last.get('stage', 'no stage')}"
+        print(f"trial {trial.trial_id} {how}", flush=True)
+
+
+def summarize(space: Space, base: ExperimentConfig, folder: Path, grid: tune.ResultGrid) -> Summary:
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        trials.append(
+            {
+                "trial_id": metrics.get("trial_id", Path(result.path).name),
+                "config": result.config,
+                "metrics": {k: metrics.get(k) for k in (*OBJECTIVE_METRICS, *TRIAL_FIELDS)},
+                "final": bool(metrics.get("final")),
+                "error": str(result.error) if result.error else None,
+            }
+        )
+    finished = [t for t in trials if t["final"]]
+    best = pareto_front(space, finished) if len(space.objectives) > 1 else _best(space, finished)
+    (folder / "trials.json").write_text(json.dumps(trials, indent=2, default=str))
+    write_best(space, base, folder, best)
+    return Summary(space, folder, trials, best)
+
+
+def _score(space: Space, trial: dict[str, Any]) -> tuple[float, ...]:
+    """The trial's objectives, signed so that larger is better on every axis."""
+    return tuple(trial["metrics"][o.metric] * (1 if o.mode == "max" else -1) for o in space.objectives)
+
+
+def _best(space: Space, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [max(trials, key=partial(_score, space))] if trials else []
+
+
+def pareto_front(space: Space, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials no other trial beats on every objective, sorted by the first objective (best first)."""
+    scores = [_score(space, t) for t in trials]
+
+    def dominated(s: tuple[float, ...]) -> bool:
+        return any(o != s and all(a >= b for a, b in zip(o, s)) for o in scores)
+
+    return [t for s, t in sorted(zip(scores, trials), key=lambda st: st[0], reverse=True) if not dominated(s)]
+
+
+def trial_config(base: ExperimentConfig, trial: dict[str, Any]) -> ExperimentConfig:
+    return with_overrides(base, Suggest.overrides(trial["config"]))
+
+
+def write_best(space: Space, base: ExperimentConfig, folder: Path, best: list[dict[str, Any]]) -> None:
+    """Full resolved configs, so `sdakd train --config FILE` reproduces a trial without the space file."""
+    files = [folder / "best.yaml"] if len(space.objectives) == 1 else [
+        folder / "pareto" / f"{rank}.yaml" for rank in range(len(best))
+    ]
+    for path, trial in zip(files, best):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_yaml(trial_config(base, trial)))
+        trial["file"] = str(path)
+
+
+def _fail_orphans(storage: str, study_name: str, known: set[int]) -> None:
+    """Optuna trials asked by a killed driver after its last snapshot belong to no Tune trial: close them as
+    FAIL so the stored study lists each Tune trial once and nothing stays RUNNING forever."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.number not in known:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def print_summary(summary: Summary) -> None:
+    space, trials = summary.space, summary.trials
+    stopped = sum(not t["final"] and not t["error"] for t in trials)
+    errored = sum(bool(t["error"]) for t in trials)
+    print(f"\n{len(trials)} trials: {len(trials) - stopped - errored} finished, {stopped} stopped early, "
+          f"{errored} errored; results in {summary.folder}")
+    if not summary.best:
+        print("no trial trained all its stages: no best config")
+    for trial in summary.best:
+        scores = ", ".join(f"{o.metric}={trial['metrics'][o.metric]:.4g}" for o in space.objectives)
+        params = ", ".join(f"{k}={v}" for k, v in Suggest.overrides(trial["config"]).items())
+        print(f"{'best' if len(space.objectives) == 1 else 'pareto'}: {scores} | {params} -> {trial['file']}")

@@ -1,0 +1,204 @@
+"""`sdakd search`: bad spaces fail before Ray starts; the stage-prefix cache is exact; the smoke search runs with
+ASHA stopping trials; a killed driver resumes to the requested trial count without duplicates.
+
+One local Ray instance for the module (2 CPUs, no dashboard) and one cache folder, so the smoke teacher is
+pretrained once; the subprocess driver of the kill test joins the same instance through RAY_ADDRESS.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import ray
+import torch
+from ray.util import placement_group_table
+
+from sdakd.cli import main
+from sdakd.config import load_config, with_overrides
+from sdakd.engine.checkpoint import load_checkpoint
+from sdakd.search.prefix import PrefixCache, stage_key
+from sdakd.search.runner import pareto_front
+from sdakd.search.space import load_space
+from sdakd.search.trial import run_trial
+
+SMOKE_TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("search-cache")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def search_args(out, cache, *extra):
+    return ["search", "smoke", "--set", f"run.out_dir={out}", "--set", f"run.cache_dir={cache}", *extra]
+
+
+def read_trials(out):
+    return json.loads((out / "trials.json").read_text())
+
+
+# ---------------------------------------------------------------- bad input, before any compute
+
+SPACE = """
+base: {{preset: tiny}}
+parameters:
+  {param}
+objectives: [{{metric: psnr_y, mode: max}}]
+samples: 2
+"""
+
+
+@pytest.mark.parametrize(
+    "param, needles",
+    [
+        ("loss.foo.weight: {type: uniform, low: 0.1, high: 1.0}", ["parameters.loss.foo.weight", "unknown field"]),
+        ("loss.gan.weight: {type: uniform, low: 1.0, high: 1.0}", ["empty range", "low (1.0) must be below high"]),
+        ("loss.gan.weight: {type: loguniform, low: 0.0, high: 1.0}", ["Optuna cannot represent", "loguniform"]),
+        ("loss.gan.weight: {type: gauss, low: 0.0, high: 1.0}", ["gauss", "'uniform', 'loguniform', 'int', 'choice'"]),
+        ("student_d.width: {type: choice, values: [0.5, 2.0]}", ["student_d.width = 2.0", "less than or equal to 1"]),
+    ],
+)
+def test_bad_space_fails_before_ray(tmp_path, capsys, param, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_text(SPACE.format(param=param))
+    code = main(["search", str(path), "--set", f"run.cache_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and str(path) in err, err
+    for needle in needles:
+        assert needle in err, err
+    assert not ray.is_initialized() and not (tmp_path / "data").exists()
+
+
+def test_multi_worker_trials_need_the_distributed_adapter(tmp_path, capsys):
+    path = tmp_path / "wide.yaml"
+    path.write_text(SPACE.format(param="loss.gan.weight: {type: loguniform, low: 0.001, high: 0.1}")
+                    + "resources: {workers: 2}\n")
+    assert main(["search", str(path), "--set", f"run.cache_dir={tmp_path}"]) == 2
+    assert "multi-worker trials need sdakd.distributed" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "data").exists()
+
+
+def test_unknown_space_lists_the_known_ones(capsys):
+    assert main(["search", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown search space 'nope'" in err and "smoke" in err and "sdakd_core" in err and "pareto" in err
+
+
+def test_shipped_spaces_load():
+    for name in ("smoke", "sdakd_core", "pareto"):
+        space, _ = load_space(name)
+        assert space.samples >= 1
+    assert [o.mode for o in load_space("pareto")[0].objectives] == ["max", "min"]
+
+
+def test_pareto_front_keeps_the_trials_nothing_beats_on_both_objectives():
+    space, _ = load_space("pareto")
+    trials = [{"name": n, "metrics": {"psnr_y": p, "macs": m}} for n, p, m in
+              [("big", 28.0, 9e8), ("small", 26.0, 1e8), ("worse", 25.0, 5e8), ("tie", 26.0, 1e8), ("mid", 27.0, 4e8)]]
+    assert [t["name"] for t in pareto_front(space, trials)] == ["big", "mid", "small", "tie"]
+
+
+# ---------------------------------------------------------------- the stage-prefix cache (no Ray)
+
+
+def test_prefix_cache_trains_stage_1_once_and_exactly(cache, tmp_path):
+    # stages.s1.iters=5 keeps these keys apart from the searches' (which run 6)
+    space, base = load_space("smoke", [f"run.cache_dir={cache}", "stages.s1.iters=5"])
+    torch.set_num_threads(1)
+
+    def trial(name, prefix_cache=True, **changes):
+        reports = []
+        cfg = with_overrides(base, {"run.out_dir": str(tmp_path / name), **changes})
+        exp = run_trial(cfg, lambda metrics, _: reports.append(metrics), prefix_cache=prefix_cache)
+        return exp, {r["stage"]: r for r in reports}
+
+    first, first_reports = trial("a", **{"loss.gan.weight": 0.01})
+    assert first_reports["s1"]["trained_iters"] == 5 and first_reports["s1"]["prefix_stages"] == 0
+    # loss.gan.weight first acts in stage 3: the second trial loads stages 1-2 instead of training them
+    second, second_reports = trial("b", **{"loss.gan.weight": 0.05})
+    assert second_reports["s1"]["trained_iters"] == 0 and second_reports["s3"]["prefix_stages"] == 2
+    assert second_reports["s1"]["psnr_y"] == first_reports["s1"]["psnr_y"]
+    # ...and ends exactly where training it from scratch ends: the key left out nothing that matters
+    fresh, _ = trial("c", prefix_cache=False, **{"loss.gan.weight": 0.05})
+    s1_fresh = load_checkpoint(tmp_path / "c" / "checkpoints" / "s1.pt")["nets"]["student_g"]
+    context = {"teacher": second.teacher.identity, "data": second.data.checksum}
+    s1_key = stage_key(second.cfg, second.method, 0, context)
+    s1_cached = load_checkpoint(PrefixCache(cache).path(s1_key))["nets"]["student_g"]
+    assert all(torch.equal(s1_fresh[k], s1_cached[k]) for k in s1_fresh)
+    for name in ("student_g", "d", "adapters"):
+        a, b = (exp.method.nets[name].state_dict() for exp in (second, fresh))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    # a stage-1 field differs: nothing is loaded
+    _, other_reports = trial("d", **{"loss.pixel.weight": 2.0})
+    assert other_reports["s1"]["trained_iters"] == 5 and other_reports["s3"]["prefix_stages"] == 0
+
+
+# ---------------------------------------------------------------- Ray Tune
+
+
+@pytest.mark.timeout(420)
+def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cache, tmp_path, capsys):
+    out = tmp_path / "smoke"
+    started = time.monotonic()
+    assert main(search_args(out, cache)) == 0
+    printed = capsys.readouterr().out
+    trials = read_trials(out)
+    assert len(trials) >= SMOKE_TRIALS and not any(t["error"] for t in trials), printed
+    stopped = [t for t in trials if not t["final"]]
+    assert stopped and all(t["metrics"]["stage"] in ("s1", "s2") for t in stopped), printed
+    assert "from the prefix cache" in printed
+    best = load_config(path=out / "best.yaml")  # what `sdakd train --config best.yaml` loads
+    assert best.optim.lr_g in (1e-5, 5e-4, 2e-3) and best.run.out_dir is None
+    # stopped trials gave their resources back: no placement group is left holding CPUs
+    deadline = time.monotonic() + 30
+    while any(pg["state"] != "REMOVED" for pg in placement_group_table().values()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert len(study.trials) == len(trials)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    print(f"smoke search: {time.monotonic() - started:.0f} s, {len(stopped)} of {len(trials)} stopped by ASHA")
+
+
+@pytest.mark.timeout(480)
+def test_killed_driver_resumes_to_the_requested_trials(cluster, cache, tmp_path):
+    out, requested = tmp_path / "killed", 3
+    # stages.s1.iters=7: new prefixes, so trials really train while the driver is killed
+    args = search_args(out, cache, "--samples", str(requested), "--set", "stages.s1.iters=7")
+    env = dict(os.environ, RAY_ADDRESS=cluster)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sdakd.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen = []
+    for line in driver.stdout:
+        seen.append(line)
+        if line.startswith("trial ") and line.rstrip().endswith("finished"):  # the first trial is done
+            driver.send_signal(signal.SIGKILL)
+            break
+    driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    assert not (out / "trials.json").exists()
+
+    assert main(["search", "smoke", "--resume", "--set", f"run.out_dir={out}", "--set", f"run.cache_dir={cache}",
+                 "--set", "stages.s1.iters=7"]) == 0
+    trials = read_trials(out)
+    assert len(trials) == requested and not any(t["error"] for t in trials)
+    assert len({t["trial_id"] for t in trials}) == requested
+    numbers = {t["config"]["optuna_trial"] for t in trials}
+    assert len(numbers) == requested
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'optuna.db'}")
+    for trial in study.trials:  # each Tune trial once; what the killed driver asked for beyond them is closed
+        expected = optuna.trial.TrialState.COMPLETE if trial.number in numbers else optuna.trial.TrialState.FAIL
+        assert trial.state == expected, (trial.number, trial.state)
