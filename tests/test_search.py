@@ -22,7 +22,7 @@ from sdakd.cli import main
 from sdakd.config import load_config, with_overrides
 from sdakd.engine.checkpoint import load_checkpoint
 from sdakd.search.prefix import PrefixCache, stage_key
-from sdakd.search.runner import pareto_front
+from sdakd.search.runner import _searcher, pareto_front
 from sdakd.search.space import load_space
 from sdakd.search.trial import run_trial
 
@@ -170,6 +170,15 @@ def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cac
     assert len(study.trials) == len(trials)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     print(f"smoke search: {time.monotonic() - started:.0f} s, {len(stopped)} of {len(trials)} stopped by ASHA")
+
+
+def test_resumed_trial_may_report_to_an_optuna_trial_the_killed_driver_finished(tmp_path):
+    space, _ = load_space("smoke")
+    searcher = _searcher(space, f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher.suggest("t1")
+    searcher._ot_study.tell(0, 27.0)  # the killed driver's tell, after the snapshot --resume restores
+    searcher.on_trial_result("t1", {"psnr_y": 26.5, "training_iteration": 1})  # the re-run trial reports again
+    assert searcher._ot_study.trials[0].value == 27.0
 
 
 @pytest.mark.timeout(480)

@@ -128,10 +128,21 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False) -> Sum
     return summary
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """A killed driver may have told Optuna a trial finished after the last experiment snapshot; on --resume Tune
+    runs that trial on from its checkpoint and reports again. The study keeps its first, complete record."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
 def _searcher(space: Space, storage: str) -> OptunaSearch:
     objectives = space.objectives
     multi = len(objectives) > 1
-    return OptunaSearch(
+    return ResumableOptunaSearch(
         space=Suggest(space.parameters),
         metric=[o.metric for o in objectives] if multi else objectives[0].metric,
         mode=[o.mode for o in objectives] if multi else objectives[0].mode,
