@@ -79,12 +79,45 @@ def cmd_search(args: argparse.Namespace) -> None:
     print_summary(run_named(args.space, samples=args.samples, resume=args.resume, overrides=args.overrides))
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from sdakd.ablate.executor import ablate
+
+    return 0 if ablate(args.grid, seeds=args.seeds, force=args.force, uri=args.tracking_uri) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sdakd.ablate.report import report
+
+    report(args.grid, uri=args.tracking_uri)
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from sdakd.tracking.store import SERVER_SCHEMES, check_reachable, resolve_uri, serve_ui
+
+    uri = resolve_uri(args.tracking_uri)
+    if uri.startswith(SERVER_SCHEMES):
+        check_reachable(uri)
+        print(f"{uri} is a tracking server with its own UI: open it in a browser")
+        return
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    serve_ui(uri, args.port)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2 (got {text!r})") from None
+
+
 def cmd_list(args: argparse.Namespace) -> None:
-    from sdakd.config import preset_names
+    from sdakd.config import preset_names, project_names
     from sdakd.methods import METHODS
 
     print("presets:  " + ", ".join(preset_names()))
     print("methods:  " + ", ".join(METHODS.names()))
+    print("search spaces:  " + (", ".join(project_names("search_spaces")) or "none"))
+    print("ablation grids: " + (", ".join(project_names("ablations")) or "none"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted-path override of the base config, repeatable (run.out_dir: the search folder)",
     )
     search.set_defaults(handler=cmd_search)
+
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument(
+        "--tracking-uri", help="MLflow store (sqlite:///PATH or http(s)://HOST:PORT); "
+        "default: env SDAKD_TRACKING_URI, else the config's run.tracking_uri, else sqlite:///<cwd>/mlflow.db",
+    )
+    ablate = sub.add_parser("ablate", parents=[tracking], help="run a named ablation grid (ablations/NAME.yaml)")
+    ablate.add_argument("grid", help="a grid name (see `sdakd list`) or a YAML path")
+    ablate.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the grid's (e.g. 0,1,2)")
+    ablate.add_argument("--force", action="store_true", help="rerun cells that already finished")
+    ablate.set_defaults(handler=cmd_ablate)
+
+    report = sub.add_parser("report", parents=[tracking], help="a grid's table (mean ± 95 %% CI) and Pareto plot")
+    report.add_argument("grid", help="a grid name (see `sdakd list`) or a YAML path")
+    report.set_defaults(handler=cmd_report)
+
+    ui = sub.add_parser("ui", parents=[tracking], help="the MLflow UI on the tracking store, at 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=cmd_ui)
 
     listing = sub.add_parser("list", help="presets, methods, search spaces and ablation grids")
     listing.set_defaults(handler=cmd_list)

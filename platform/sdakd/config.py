@@ -143,6 +143,9 @@ class RunConfig(Frozen):
     log_every: int = Field(50, ge=1)
     eval_max_images: int | None = Field(None, ge=1)
     latency_repeats: int = Field(10, ge=1)
+    tracking_uri: str | None = Field(
+        None, description="MLflow store; None = env SDAKD_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
+    )
 
 
 class ExperimentConfig(Frozen):

@@ -356,8 +356,12 @@ def run_experiment(
     resume: Path | bool | None = None,
     callbacks: Iterable[Callbacks] = (),
     command: str | None = None,
+    on_done: Callable[[Experiment, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train all stages locally and write checkpoints, the student weights and metrics.json."""
+    """Train all stages locally and write checkpoints, the student weights and metrics.json.
+
+    `on_done(exp, metrics)` lets an adapter (MLflow) read the trained nets and the files before they are freed.
+    """
     path = None
     if resume:
         path = out_dir_for(cfg) / "checkpoints" if resume is True else Path(resume)
@@ -373,4 +377,6 @@ def run_experiment(
     metrics = final_metrics(exp)
     torch.save(exp.engine.eval_generator().state_dict(), exp.out_dir / "student.pt")
     (exp.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if on_done is not None:
+        on_done(exp, metrics)
     return metrics

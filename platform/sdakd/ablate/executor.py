@@ -1,0 +1,121 @@
+"""`sdakd ablate NAME`: the grid's pending cells as Ray Tune trials, each an MLflow run under the grid's parent.
+
+A cell whose config hash already has a FINISHED run under the parent is skipped, so rerunning a grid by name
+resumes it; failed cells run again; `force` reruns everything. The dataset and the teachers are built here, once,
+before Ray starts: concurrent cells then only read the caches instead of pretraining the same teacher twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from sdakd.ablate.grid import EXPERIMENT, ROLE, Cell, load_grid
+from sdakd.ablate.report import report
+from sdakd.config import with_overrides
+from sdakd.tracking.run import tracked_run
+from sdakd.tracking.store import CELL_KEY, Store, git_tags, resolve_uri
+
+
+def ablate(name: str, seeds: Sequence[int] | None = None, force: bool = False, uri: str | None = None) -> bool:
+    """Run the grid's pending cells and print the report; False when a cell failed (it reruns next time)."""
+    grid, cells = load_grid(name, seeds)
+    store = Store(resolve_uri(uri, cells[0].cfg.run.tracking_uri))
+    experiment_id = store.experiment(EXPERIMENT)
+    parent = store.parent(experiment_id, ROLE, grid.name)
+    done = set() if force else store.finished_hashes(parent)
+    todo = [c for c in cells if c.hash not in done]
+    print(f"grid {grid.name}: {len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run")
+    failed, ok = [], False
+    try:
+        if todo:
+            jobs = [placed(c, grid.name) for c in todo]
+            prepare_inputs(jobs)
+            failed = run_cells(jobs, store.uri, experiment_id, parent, grid.name)
+        ok = not failed
+    finally:
+        store.close(parent, ok)
+    report(grid.name, store=store)
+    print(store.ui_hint(experiment_id, parent))
+    if failed:
+        print(f"failed: {', '.join(failed)} (their runs are marked FAILED; rerun `sdakd ablate {grid.name}`)")
+    return not failed
+
+
+def placed(cell: Cell, grid: str) -> Cell:
+    """The cell with absolute output and cache folders: Tune runs each trial in its own working directory."""
+    out = Path("runs", "ablate", grid, f"{cell.run_name}-{cell.hash}").resolve()
+    run = {"run.out_dir": str(out), "run.cache_dir": str(cell.cfg.run.cache_dir.resolve())}
+    return Cell(cell.name, cell.kind, with_overrides(cell.cfg, run))
+
+
+def prepare_inputs(cells: Sequence[Cell]) -> None:
+    """Build the dataset and pretrain each distinct teacher once, in this process, on its best device."""
+    from sdakd.methods import METHODS
+    from sdakd.pipeline import build_teacher, ensure_dataset, pretrain_key, resolve_device
+
+    device = resolve_device("auto")  # not the cells' device: a cell pinned to a missing GPU fails as a cell
+    teachers = set()
+    for cell in cells:
+        cfg = cell.cfg
+        data = ensure_dataset(cfg)
+        if METHODS.get(cfg.method).uses_teacher and cfg.teacher.weights is None:
+            key = pretrain_key(cfg, data)
+            if key not in teachers:
+                build_teacher(cfg, data, device)
+                teachers.add(key)
+
+
+def run_cells(cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, grid: str) -> list[str]:
+    """One Tune trial per cell, as many at once as the cluster has CPUs (one each); returns the failed runs."""
+    import ray
+    from ray import tune
+
+    started = not ray.is_initialized()  # a caller's Ray (a cluster, a test) is used and left running
+    if started:
+        ray.init(include_dashboard=False, configure_logging=False)
+    gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    jobs = {f"{i:03d}-{c.run_name}": c for i, c in enumerate(cells)}
+    context = {"uri": uri, "experiment_id": experiment_id, "parent": parent, "grid": grid, "tags": git_tags()}
+    trainable = tune.with_resources(tune.with_parameters(run_cell, jobs=jobs, context=context), {"cpu": 1, "gpu": gpu})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search(list(jobs))},
+        tune_config=tune.TuneConfig(reuse_actors=True),  # a warm worker skips seconds of torch/mlflow imports
+        run_config=tune.RunConfig(
+            name=f"{grid}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(Path("runs", "ablate", grid, "tune").resolve()),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
+    )
+    try:
+        results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()  # flushes the workers' log lines now, before the report is printed
+    return [jobs[r.config["cell"]].run_name for r in results if r.error]
+
+
+def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, Any]) -> None:
+    """The Tune trial: one cell, one thread, one MLflow child run."""
+    import torch
+    from ray import tune
+
+    from sdakd.pipeline import run_experiment
+
+    torch.set_num_threads(1)  # one CPU per cell: more threads only fight the other cells
+    cell = jobs[config["cell"]]
+    tags = context["tags"] | {
+        "sdakd.cell": cell.name,
+        CELL_KEY: cell.key,
+        "sdakd.kind": cell.kind,
+        "sdakd.grid": context["grid"],
+        "sdakd.ray_trial_id": tune.get_context().get_trial_id(),
+    }
+    run = (context["uri"], context["experiment_id"], context["parent"], cell.run_name, cell.cfg, tags)
+    with tracked_run(*run) as tracker:
+        command = f"sdakd ablate {context['grid']}  # cell {cell.name}, seed {cell.cfg.seed}"
+        metrics = run_experiment(cell.cfg, callbacks=[tracker], on_done=tracker.on_done, command=command)
+    tune.report({"psnr_y": metrics["student"]["psnr_y"]})

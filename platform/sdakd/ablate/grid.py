@@ -1,0 +1,117 @@
+"""Named ablation grids: `ablations/<name>.yaml` -> every (cell, seed) as a validated config, before any compute.
+
+A grid is a base config (a preset and/or a config file, plus dotted-path overrides), its seeds, named cells (each a
+mapping of dotted-path overrides on the base) and the baseline methods to compare against (the base config with
+`method` set to each). Cells are identified by their config hash, so a rerun finds what already finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdakd.config import (
+    ExperimentConfig,
+    config_hash,
+    identity_dict,
+    load_config,
+    load_project_yaml,
+    stable_hash,
+    with_overrides,
+)
+from sdakd.errors import SdakdError
+from sdakd.methods import METHODS
+
+GRIDS_DIR = "ablations"
+# In MLflow: every grid is a parent run tagged (role "grid", group NAME) in this one experiment.
+EXPERIMENT = "sdakd-ablations"
+ROLE = "grid"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Base(Frozen):
+    preset: str | None = None
+    config: Path | None = Field(None, description="a config YAML, relative to the grid file")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted.path: value")
+
+
+class Grid(Frozen):
+    name: str
+    description: str = ""
+    base: Base
+    seeds: list[int] = Field([0], min_length=1)
+    cells: dict[str, dict[str, Any]] = Field(min_length=1, description="cell name -> {dotted.path: value}")
+    baselines: list[str] = Field(default_factory=list, description="methods run on the base config")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (cell or baseline, seed) of a grid, fully resolved."""
+
+    name: str
+    kind: Literal["cell", "baseline"]
+    cfg: ExperimentConfig
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.cfg)
+
+    @property
+    def key(self) -> str:
+        """The cell across seeds: its identity minus the seed (rows of the report)."""
+        return stable_hash({k: v for k, v in identity_dict(self.cfg).items() if k != "seed"})
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.name}-seed{self.cfg.seed}"
+
+
+def load_grid(name: str, seeds: Sequence[int] | None = None) -> tuple[Grid, list[Cell]]:
+    """The grid and its cells x seeds (`seeds` replaces the file's); any bad field fails here, naming the file."""
+    grid, path = load_project_yaml(Grid, GRIDS_DIR, name, "ablation grid")
+    return grid, expand(grid, path, seeds or grid.seeds)
+
+
+def base_config(grid: Grid, path: Path) -> ExperimentConfig:
+    b = grid.base
+    if b.preset is None and b.config is None:
+        raise SdakdError(f"ablation grid {path}: base needs a preset or a config file")
+    cfg = load_config(b.preset, path.parent / b.config if b.config else None)
+    return _apply(cfg, b.overrides, f"ablation grid {path}: base.overrides")
+
+
+def expand(grid: Grid, path: Path, seeds: Sequence[int]) -> list[Cell]:
+    base = base_config(grid, path)
+    for method in grid.baselines:
+        if method not in METHODS:
+            raise SdakdError(
+                f"ablation grid {path}: baselines: unknown method {method!r}; known: {', '.join(METHODS.names())}"
+            )
+        if method in grid.cells:
+            raise SdakdError(f"ablation grid {path}: baseline {method!r} has the name of a cell; rename the cell")
+    entries = [(name, "cell", overrides) for name, overrides in grid.cells.items()]
+    entries += [(method, "baseline", {"method": method}) for method in grid.baselines]
+    cells = []
+    for seed in seeds:
+        for name, kind, overrides in entries:
+            where = f"ablation grid {path}: {kind}s.{name}"
+            cells.append(Cell(name, kind, _apply(base, overrides | {"seed": seed}, where)))
+    seen: dict[str, str] = {}
+    for cell in cells:
+        twin = seen.setdefault(cell.hash, cell.run_name)
+        if twin != cell.run_name:
+            raise SdakdError(f"ablation grid {path}: {cell.run_name} and {twin} are the same config; drop one")
+    return cells
+
+
+def _apply(cfg: ExperimentConfig, overrides: dict[str, Any], where: str) -> ExperimentConfig:
+    try:
+        return with_overrides(cfg, overrides) if overrides else cfg
+    except SdakdError as err:
+        raise SdakdError(f"{where}: {err}") from None

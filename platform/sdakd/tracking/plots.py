@@ -1,0 +1,80 @@
+"""The pictures logged with each run: sample outputs side by side, and loss curves (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # Ray workers and CI have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from sdakd.data.degrade import bicubic_up  # noqa: E402
+
+SAMPLE_IMAGES = 2
+PANEL_INCHES = 2.4
+
+
+@torch.no_grad()
+def sample_grid(exp: Any, path: Path) -> Path:
+    """Rows of LR (nearest) | bicubic | student | teacher | GT for the first validation images."""
+    g = exp.engine.eval_generator().eval()
+    scale = exp.validator.scale
+    pairs = exp.validator.pairs[:SAMPLE_IMAGES]
+    titles = ["LR (nearest)", "bicubic", "student", "teacher", "GT"]
+    fig, axes = plt.subplots(len(pairs), len(titles), squeeze=False,
+                             figsize=(PANEL_INCHES * len(titles), PANEL_INCHES * len(pairs)))
+    for row, (name, lr, hr, *cond) in enumerate(pairs):  # (name, lr, hr[, cond]) as the validator holds them
+        teacher = exp.validator.teacher_sr[row] if exp.validator.teacher_sr is not None else None
+        panels = [
+            F.interpolate(lr.unsqueeze(0), scale_factor=scale, mode="nearest"),
+            bicubic_up(lr.unsqueeze(0), scale),
+            exp.validator._run(g, lr, *cond),  # the validator's own inference: device, conditioning, clamp
+            teacher,
+            hr.unsqueeze(0),
+        ]
+        for col, image in enumerate(panels):
+            ax = axes[row, col]
+            ax.set_xticks([]), ax.set_yticks([])
+            if image is None:
+                ax.text(0.5, 0.5, "no teacher", ha="center", va="center", transform=ax.transAxes)
+            else:
+                ax.imshow(image[0].clamp(0, 1).permute(1, 2, 0).float().numpy(), interpolation="nearest")
+            if row == 0:
+                ax.set_title(titles[col])
+        axes[row, 0].set_ylabel(name)
+    return save_figure(fig, path)
+
+
+def loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]], stage_ends: Sequence[tuple[str, int]],
+                path: Path) -> Path:
+    """Generator and discriminator losses against the global step, stage boundaries dashed."""
+    groups = {
+        "generator": {k: v for k, v in curves.items() if not k.startswith("loss/d_")},
+        "discriminator": {k: v for k, v in curves.items() if k.startswith("loss/d_")},
+    }
+    groups = {title: group for title, group in groups.items() if group}
+    fig, axes = plt.subplots(1, len(groups), squeeze=False, figsize=(6 * len(groups), 3.6))
+    for ax, (title, group) in zip(axes[0], groups.items()):
+        for key, points in sorted(group.items()):
+            steps, values = zip(*points)
+            ax.plot(steps, values, label=key.removeprefix("loss/"), marker="." if len(points) < 20 else None)
+        for name, step in stage_ends:
+            ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
+            ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8)
+        ax.set_title(title)
+        ax.set_xlabel("global step")
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

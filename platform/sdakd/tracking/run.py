@@ -1,0 +1,170 @@
+"""One trial or grid cell as an MLflow run nested under its parent: params, tags, metrics, artifacts.
+
+Executors wrap `run_experiment` like this (the engine never sees MLflow):
+
+    with tracked_run(uri, experiment_id, parent_id, name, cfg, tags) as tracker:
+        run_experiment(cfg, callbacks=[tracker], on_done=tracker.on_done)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Iterator, Mapping
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from sdakd.config import ExperimentConfig, config_hash
+from sdakd.engine import Callbacks, Stage
+from sdakd.tracking import plots
+from sdakd.tracking.store import CONFIG_HASH, SEED
+
+# Older tracking servers refuse longer param values; the full config is logged as config.yaml anyway.
+PARAM_CHARS = 500
+BATCH = 100  # MLflow's most params or tags per log_batch call
+FLUSH_EVERY_S = 30.0  # losses reach the store at least this often (and at every stage end), not per log call
+RUN_FILES = ("config.yaml", "command.txt", "metrics.json", "student.pt")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: config fields and metrics.json under their dotted paths."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, path + ".")
+        else:
+            flat[path] = value
+    return flat
+
+
+def numbers(data: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a nested mapping, flattened (booleans and strings are tags' business)."""
+    return {
+        k: float(v)
+        for k, v in flatten(data).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+class TrackedRun(Callbacks):
+    """Engine callbacks that log to one MLflow run; `on_done` adds final metrics, tags and artifacts."""
+
+    def __init__(self, client: MlflowClient, run_id: str, devices: int = 1) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.devices = devices
+        self.started = time.perf_counter()
+        self.flushed = self.started
+        self.pending: list[Metric] = []
+        self.curves: dict[str, list[tuple[int, float]]] = {}
+        self.stage_ends: list[tuple[str, int]] = []
+
+    def log_metrics(self, values: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.pending += [Metric(key, float(value), now, step) for key, value in values.items()]
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), BATCH * 10):
+            self.client.log_batch(self.run_id, metrics=self.pending[i : i + BATCH * 10])
+        self.pending = []
+        self.flushed = time.perf_counter()
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + BATCH])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:PARAM_CHARS]) for k, v in params.items()]
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + BATCH])
+
+    # ------------------------------------------------------------------ engine callbacks
+    def on_log(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.curves.setdefault(key, []).append((global_step, value))
+        self.log_metrics(metrics, global_step)
+        if time.perf_counter() - self.flushed > FLUSH_EVERY_S:
+            self.flush()
+
+    def on_stage_end(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None:
+        self.stage_ends.append((stage.name, global_step))
+        self.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, global_step)
+        self.flush()
+
+    # ------------------------------------------------------------------ the end of run_experiment
+    def on_done(self, exp: Any, metrics: Mapping[str, Any]) -> None:
+        """Final numbers, what the run turned out to use, and its files (`exp` is pipeline.Experiment)."""
+        info = metrics["info"]
+        self.log_metrics(numbers(metrics))
+        self.flush()
+        self.set_tags(
+            {
+                "sdakd.dataset_checksum": info["dataset_checksum"],
+                "sdakd.teacher": info["teacher"],
+                "sdakd.teacher_source": info["teacher_source"],
+                "sdakd.lpips_pretrained": metrics.get("lpips") is not None,
+                "sdakd.device": info["device"],
+            }
+        )
+        folder = exp.out_dir
+        for name in RUN_FILES:
+            self.client.log_artifact(self.run_id, str(folder / name))
+        pictures = [plots.sample_grid(exp, folder / "samples.png")]
+        if self.curves:
+            pictures.append(plots.loss_curves(self.curves, self.stage_ends, folder / "loss_curves.png"))
+        for path in pictures:
+            self.client.log_artifact(self.run_id, str(path), "plots")
+
+    def device_seconds(self) -> float:
+        return (time.perf_counter() - self.started) * self.devices
+
+
+def config_tags(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {
+        "sdakd.method": cfg.method,
+        CONFIG_HASH: config_hash(cfg),
+        SEED: cfg.seed,
+        "sdakd.perceptual_pretrained": cfg.loss.perceptual.vgg_weights is not None,
+    }
+
+
+@contextlib.contextmanager
+def tracked_run(
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    name: str,
+    cfg: ExperimentConfig,
+    tags: Mapping[str, Any] = (),
+    devices: int = 1,
+) -> Iterator[TrackedRun]:
+    """A child run of `parent_run_id` with the config as params; FINISHED, or FAILED/KILLED when the body raises.
+
+    MlflowClient, not the fluent API: Ray reuses worker processes, and a leftover active run would leak into the
+    next trial.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={MLFLOW_PARENT_RUN_ID: parent_run_id, **{k: str(v) for k, v in (config_tags(cfg) | dict(tags)).items()}},
+    )
+    tracker = TrackedRun(client, run.info.run_id, devices)
+    tracker.log_params(flatten(cfg.to_dict()))
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.log_metrics({"device_seconds": tracker.device_seconds()})
+        tracker.flush()
+        client.set_terminated(run.info.run_id, status)
+

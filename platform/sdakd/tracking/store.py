@@ -1,0 +1,154 @@
+"""Which MLflow store, is it reachable, and the parent runs that group trials and grid cells.
+
+One absolute tracking URI serves every process (the CLI, Ray workers whose cwd is a trial folder, `mlflow ui`):
+CLI `--tracking-uri` > env SDAKD_TRACKING_URI > the config's `run.tracking_uri` > sqlite:///<cwd>/mlflow.db.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+
+from sdakd.config import REPO_ROOT
+from sdakd.errors import SdakdError
+
+URI_ENV = "SDAKD_TRACKING_URI"
+DEFAULT_DB = "mlflow.db"
+REACH_TIMEOUT_S = 3.0
+SERVER_SCHEMES = ("http://", "https://")
+# Tags this package reads back; the rest are for people browsing the UI.
+ROLE, GROUP, SEED = "sdakd.role", "sdakd.group", "sdakd.seed"
+CONFIG_HASH = "sdakd.config_hash"  # a cell x seed: what `ablate` skips when finished
+CELL_KEY = "sdakd.cell_key"  # a cell across seeds: a row of the report
+
+
+def resolve_uri(cli: str | None = None, configured: str | None = None) -> str:
+    """The store every process uses, made absolute (a relative sqlite path would follow each worker's cwd)."""
+    uri = cli or os.environ.get(URI_ENV) or configured or DEFAULT_DB
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve()}"
+    if "://" not in uri:
+        return f"sqlite:///{Path(uri).expanduser().resolve()}"
+    return uri
+
+
+def check_reachable(uri: str) -> None:
+    """Fail in seconds, before any training, when a tracking server does not answer."""
+    if not uri.startswith(SERVER_SCHEMES):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACH_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered: reachable, whatever it thinks of /health
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise SdakdError(
+            f"tracking server {uri} is unreachable ({reason}); start it, or pick another store with "
+            f"--tracking-uri or {URI_ENV} (default: sqlite:///<cwd>/{DEFAULT_DB})"
+        ) from None
+
+
+def serve_ui(uri: str, port: int) -> None:
+    """Become the MLflow UI on 127.0.0.1:port for a local store (exec: stopping this process stops the server)."""
+    # The server's job runner (GenAI judges, several worker processes) has nothing to do for training runs.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    server = ["mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    os.execv(sys.executable, [sys.executable, "-m", *server, "--workers", "1"])
+
+
+def git_tags() -> dict[str, str]:
+    """The source checkout's commit and whether it had uncommitted changes ("unknown" without git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {MLFLOW_GIT_COMMIT: git("rev-parse", "HEAD"), "sdakd.git_dirty": str(bool(git("status", "--porcelain")))}
+    except (OSError, subprocess.SubprocessError):
+        return {MLFLOW_GIT_COMMIT: "unknown", "sdakd.git_dirty": "unknown"}
+
+
+class Store:
+    """A checked MLflow store: experiments, parent runs found by tag, and their child runs."""
+
+    def __init__(self, uri: str) -> None:
+        check_reachable(uri)
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        # Local stores keep artifacts beside the database, so the UI and every worker find them at one path.
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def _parent(self, experiment_id: str, role: str, group: str) -> Run | None:
+        query = f"tags.`{ROLE}` = '{role}' and tags.`{GROUP}` = '{group}'"
+        runs = self.client.search_runs([experiment_id], query, max_results=1)
+        return runs[0] if runs else None
+
+    def parent(self, experiment_id: str, role: str, group: str) -> str:
+        """The one parent run of (role, group), e.g. ("grid", "components"): reused and marked running again."""
+        found = self._parent(experiment_id, role, group)
+        if found is not None:
+            self.client.update_run(found.info.run_id, status="RUNNING")
+            return found.info.run_id
+        run = self.client.create_run(experiment_id, run_name=f"{role}:{group}", tags={ROLE: role, GROUP: group})
+        return run.info.run_id
+
+    def find_parent(self, experiment_name: str, role: str, group: str) -> str | None:
+        """The parent run's id, without creating anything (None when the group never ran here)."""
+        found = self.client.get_experiment_by_name(experiment_name)
+        run = self._parent(found.experiment_id, role, group) if found is not None else None
+        return run.info.run_id if run is not None else None
+
+    def finished(self, parent: str) -> list[dict[str, Any]]:
+        """The parent's FINISHED child runs (all pages) as plain records: run id, end time, tags, last metrics."""
+        run = self.client.get_run(parent)
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'FINISHED'"
+        records, token = [], None
+        while True:
+            page = self.client.search_runs([run.info.experiment_id], query, page_token=token)
+            records += [
+                {"run_id": r.info.run_id, "end_time": r.info.end_time, "tags": r.data.tags, "metrics": r.data.metrics}
+                for r in page
+            ]
+            token = page.token
+            if not token:
+                return records
+
+    def finished_hashes(self, parent: str) -> set[str]:
+        return {r["tags"].get(CONFIG_HASH) for r in self.finished(parent)}
+
+    def close(self, run_id: str, ok: bool) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def log_files(self, run_id: str, paths: list[Path], folder: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), folder)
+
+    def ui_hint(self, experiment_id: str, run_id: str) -> str:
+        """How to open a run's page (a parent's page lists its child runs) in the MLflow UI."""
+        page = run_page(experiment_id, run_id)
+        if self.uri.startswith(SERVER_SCHEMES):
+            return f"browse the runs: open {self.uri.rstrip('/')}/{page}"
+        return f"browse the runs: sdakd ui --tracking-uri {self.uri}  (then open http://127.0.0.1:5000/{page})"
+
+
+def run_page(experiment_id: str, run_id: str) -> str:
+    # MLflow 3's UI opens on its GenAI views unless told this is model training.
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
