@@ -64,7 +64,7 @@ def test_srvgg_shape() -> None:
 
 
 def test_registries_and_width_scaling() -> None:
-    assert GENERATORS.names() == ["rrdbnet", "srvgg_compact"]
+    assert GENERATORS.names() == ["gcfsr", "rrdbnet", "srvgg_compact"]
     assert DISCRIMINATORS.get("unet_sn") is UNetDiscriminatorSN
     student = build_generator("rrdbnet", width=0.125, num_block=2)
     assert (student.conv_first.out_channels, student.body[0].rdb1.conv1.out_channels) == (8, 4)
@@ -72,8 +72,8 @@ def test_registries_and_width_scaling() -> None:
     assert build_generator("srvgg_compact", width=0.25, num_conv=2).body[0].out_channels == 16
     assert build_discriminator("unet_sn", width=0.5).conv0.out_channels == 32
     assert build_discriminator("unet_sn", width=0.001).conv0.out_channels == 1
-    with pytest.raises(SdakdError, match="known: rrdbnet, srvgg_compact"):
-        build_generator("gcfsr")
+    with pytest.raises(SdakdError, match="known: gcfsr, rrdbnet, srvgg_compact"):
+        build_generator("swinir")
     with pytest.raises(SdakdError, match="num_blocks"):
         build_generator("rrdbnet", num_blocks=6)
 

@@ -43,7 +43,9 @@ class TeacherPretrain(Frozen):
 class TeacherConfig(Frozen):
     arch: str = "rrdbnet"
     num_feat: int = Field(64, ge=1)
-    num_block: int = Field(23, ge=1, description="depth: RRDB blocks (rrdbnet) or body convs (srvgg_compact)")
+    num_block: int | None = Field(
+        23, ge=1, description="depth: RRDB blocks (rrdbnet) or body convs (srvgg_compact); null for gcfsr"
+    )
     num_grow_ch: int | None = Field(32, ge=1, description="rrdbnet only; null for other families")
     d_arch: str = "unet_sn"
     d_num_feat: int = Field(64, ge=1)
@@ -97,7 +99,13 @@ class FeatureMapLoss(Weighted):
 
 class GanLoss(Weighted):
     weight: float = Field(0.1, ge=0)
-    type: Literal["vanilla", "hinge"] = "vanilla"
+    type: Literal["vanilla", "hinge", "softplus"] = "vanilla"
+
+
+class R1Penalty(Frozen):
+    weight: float = Field(
+        0.0, ge=0, description="gamma of the R1 penalty gamma/2 E|grad D(GT)|^2 in every D's GT term; 0 = off"
+    )
 
 
 class LossConfig(Frozen):
@@ -106,6 +114,7 @@ class LossConfig(Frozen):
     teacher_output: Weighted = Weighted()
     fm: FeatureMapLoss = FeatureMapLoss()
     gan: GanLoss = GanLoss()
+    r1: R1Penalty = R1Penalty()
 
 
 class DataConfig(Frozen):
@@ -114,6 +123,11 @@ class DataConfig(Frozen):
     gt_size: int = Field(256, ge=8)
     batch_size: int = Field(12, ge=1, description="per worker")
     degradation: Literal["bicubic", "second_order"] = "bicubic"
+    scales: tuple[int, ...] | None = Field(
+        None, min_length=1, description="GCFSR mode: each sample's upscaling factor is drawn from this list (repeat "
+        "one to draw it more often), the LR comes upsampled back to gt_size and the factor goes to the generator "
+        "as `cond`; needs scale 1, since the network's input is then at output size",
+    )
     val_max_side: int | None = Field(None, ge=8, description="center-crop validation HR to bound eval cost")
     num_workers: int = Field(0, ge=0, description="loader processes (0 = in the training process)")
 
@@ -121,6 +135,11 @@ class DataConfig(Frozen):
     def _crop_fits_scale(self) -> "DataConfig":
         if self.gt_size % (self.scale * 4):
             raise ValueError(f"gt_size {self.gt_size} must be a multiple of 4 x scale = {4 * self.scale}")
+        if self.scales and self.scale != 1:
+            raise ValueError(f"scales needs scale 1 (GCFSR mode feeds the LR upsampled to HR size), got {self.scale}")
+        bad = [f for f in self.scales or () if f < 1 or self.gt_size % f]
+        if bad:
+            raise ValueError(f"scales {bad}: each factor must be >= 1 and divide gt_size {self.gt_size}")
         return self
 
 

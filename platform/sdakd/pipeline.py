@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sdakd.config import ExperimentConfig, config_hash, dump_yaml, stable_hash
-from sdakd.data import StepBatches, build_dataset, load_manifest, val_pairs
+from sdakd.data import StepBatches, build_dataset, factor_val_pairs, load_manifest, val_pairs
 from sdakd.data.degrade import bicubic_up
 from sdakd.engine import Callbacks, Engine, Stage
 from sdakd.engine.checkpoint import load_checkpoint
@@ -27,12 +27,12 @@ from sdakd.errors import SdakdError
 from sdakd.evaluate import count_params, latency_ms, macs, psnr_y, ssim_y
 from sdakd.methods import METHODS
 from sdakd.methods.teacher import PretrainTeacher
-from sdakd.methods.base import sr_generator
-from sdakd.models import build_discriminator, load_weights
+from sdakd.methods.base import discriminator, sr_generator
+from sdakd.models import generate, load_weights
 from sdakd.teacher import Teacher
 
 log = logging.getLogger("sdakd")
-COST_LR_SIZE = 64  # MACs and latency are measured on a 64x64 LR input
+COST_LR_SIZE = 64  # MACs and latency are measured on a 64x64 LR input (fixed-size families: at their out_size)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,6 +74,7 @@ def train_batches(cfg: ExperimentConfig, data: Dataset, batch_size: int, rank: i
         gt_size=cfg.data.gt_size,
         scale=cfg.data.scale,
         degradation=cfg.data.degradation,
+        scales=cfg.data.scales,
         seed=cfg.seed,
         rank=rank,
         world_size=world_size,
@@ -84,13 +85,15 @@ def train_batches(cfg: ExperimentConfig, data: Dataset, batch_size: int, rank: i
 
 
 def teacher_discriminator(cfg: ExperimentConfig) -> nn.Module:
-    return build_discriminator(cfg.teacher.d_arch, num_feat=cfg.teacher.d_num_feat)
+    return discriminator(cfg, 1.0)
 
 
 def pretrain_key(cfg: ExperimentConfig, data: Dataset) -> str:
     """Everything the pretrained teacher depends on, and nothing else (so students share one teacher)."""
     teacher = cfg.teacher.model_dump(mode="json", exclude={"weights", "d_weights"})
     d = cfg.data
+    # named only when set, so that the teachers cached before these fields existed keep their keys
+    optional = {"scales": d.scales, "r1": cfg.loss.r1.weight}
     return stable_hash(
         {
             "teacher": teacher,
@@ -100,6 +103,7 @@ def pretrain_key(cfg: ExperimentConfig, data: Dataset) -> str:
             "optim": cfg.optim.betas,
             "seed": cfg.seed,
         }
+        | {key: value for key, value in optional.items() if value}
     )
 
 
@@ -156,21 +160,30 @@ def pretrain_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device,
 
 
 class Validator:
-    """Validation images with the teacher's and bicubic outputs computed once."""
+    """Validation images with the teacher's and bicubic outputs computed once.
+
+    GCFSR mode (data.scales): every image at every factor, its LR upsampled back to HR size and the factor passed
+    as `cond`; so the bicubic reference is that upsampled LR, and the BasicSR crop border (data.scale) is 1 px.
+    """
 
     def __init__(self, cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, device: torch.device):
-        pairs = val_pairs(data.root, cfg.data.scale, max_side=cfg.data.val_max_side)
+        d = cfg.data
+        if d.scales:
+            pairs = factor_val_pairs(data.root, d.scales, d.gt_size)
+        else:
+            pairs = [(*pair, None) for pair in val_pairs(data.root, d.scale, max_side=d.val_max_side)]
         self.pairs = pairs[: cfg.run.eval_max_images] if cfg.run.eval_max_images else pairs
         self.scale = cfg.data.scale
         self.device = device
-        self.teacher_sr = [self._run(teacher.g, lr) for _, lr, _ in self.pairs] if teacher else None
+        self.teacher_sr = [self._run(teacher.g, lr, cond) for _, lr, _, cond in self.pairs] if teacher else None
 
     @torch.no_grad()
-    def _run(self, g: nn.Module, lr: torch.Tensor) -> torch.Tensor:
-        return g(lr.unsqueeze(0).to(self.device)).clamp(0, 1).cpu()
+    def _run(self, g: nn.Module, lr: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        cond = None if cond is None else cond.to(self.device)
+        return generate(g, lr.unsqueeze(0).to(self.device), cond).clamp(0, 1).cpu()
 
     def _score(self, outputs: list[torch.Tensor], prefix: str) -> dict[str, float]:
-        hrs = [hr.unsqueeze(0) for _, _, hr in self.pairs]
+        hrs = [hr.unsqueeze(0) for _, _, hr, _ in self.pairs]
         return {
             f"{prefix}psnr_y": _mean(psnr_y(o, hr, self.scale) for o, hr in zip(outputs, hrs)),
             f"{prefix}ssim_y": _mean(ssim_y(o, hr, self.scale) for o, hr in zip(outputs, hrs)),
@@ -179,7 +192,7 @@ class Validator:
     def student(self, g: nn.Module) -> dict[str, float]:
         was_training = g.training
         g.eval()
-        outputs = [self._run(g, lr) for _, lr, _ in self.pairs]
+        outputs = [self._run(g, lr, cond) for _, lr, _, cond in self.pairs]
         g.train(was_training)
         metrics = self._score(outputs, "")
         if self.teacher_sr is not None:
@@ -187,7 +200,7 @@ class Validator:
         return metrics
 
     def references(self) -> dict[str, float]:
-        bicubic = [bicubic_up(lr.unsqueeze(0), self.scale).clamp(0, 1) for _, lr, _ in self.pairs]
+        bicubic = [bicubic_up(lr.unsqueeze(0), self.scale).clamp(0, 1) for _, lr, _, _ in self.pairs]
         metrics = self._score(bicubic, "bicubic_")
         if self.teacher_sr is not None:
             metrics |= self._score(self.teacher_sr, "teacher_")
@@ -199,8 +212,13 @@ def _mean(values: Iterable[float]) -> float:
     return sum(values) / len(values)
 
 
+def cost_side(g: nn.Module) -> int:
+    """The input side cost is measured at: a fixed-size family (GCFSR) takes its LR upsampled to out_size."""
+    return getattr(g, "out_size", COST_LR_SIZE)
+
+
 def cost(g: nn.Module, device: torch.device, scale: int, repeats: int) -> dict[str, float]:
-    shape = (1, 3, COST_LR_SIZE, COST_LR_SIZE)
+    shape = (1, 3, cost_side(g), cost_side(g))
     g = g.eval()
     return {
         "params": count_params(g),
@@ -316,7 +334,7 @@ def final_metrics(exp: Experiment) -> dict[str, Any]:
         "teacher_source": exp.teacher.source if exp.teacher else None,
         "perceptual_pretrained": cfg.loss.perceptual.vgg_weights is not None,
         "dataset_checksum": exp.data.checksum,
-        "cost_input": f"1x3x{COST_LR_SIZE}x{COST_LR_SIZE} LR",
+        "cost_input": f"1x3x{cost_side(student)}x{cost_side(student)} generator input",
         "timings_s": exp.timings,
     }
     return metrics

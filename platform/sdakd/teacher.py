@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sdakd.models import FeatureTaps
+from sdakd.models import FeatureTaps, generate
 
 
 class Teacher:
@@ -23,11 +23,13 @@ class Teacher:
         return self
 
     @torch.no_grad()
-    def sr(self, lr: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def sr(
+        self, lr: torch.Tensor, taps: Sequence[str] = (), cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher output and, for distillation, the named intermediate features (hooks live only for this call,
-        so several methods can share one teacher)."""
+        so several methods can share one teacher). `cond`: per-sample conditioning, for generators that take it."""
         if not taps:
-            return self.g(lr), {}
+            return generate(self.g, lr, cond), {}
         with FeatureTaps(self.g, list(taps)) as hooks:
-            out = self.g(lr)
+            out = generate(self.g, lr, cond)
             return out, dict(hooks.features)

@@ -1,7 +1,7 @@
 """Data: Parquet shards with a checked manifest, HR -> LR degradations, step-indexed loaders."""
 
 from sdakd.data.degrade import DEGRADATIONS, SecondOrderParams, bicubic_down, bicubic_up, second_order
-from sdakd.data.loader import StepBatches, batch_loader, step_seed, val_pairs
+from sdakd.data.loader import StepBatches, batch_loader, factor_val_pairs, step_seed, val_pairs
 from sdakd.data.samples import SAMPLE_PHOTOS, sample_photo_paths
 from sdakd.data.shards import build_dataset, load_manifest, read_split
 
@@ -14,6 +14,7 @@ __all__ = [
     "bicubic_down",
     "bicubic_up",
     "build_dataset",
+    "factor_val_pairs",
     "load_manifest",
     "read_split",
     "sample_photo_paths",

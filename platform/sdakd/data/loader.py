@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sdakd.data.degrade import DEGRADATIONS, bicubic_down
+from sdakd.data.degrade import DEGRADATIONS, bicubic_down, bicubic_up
 from sdakd.data.shards import read_split
 from sdakd.errors import SdakdError
 
@@ -33,6 +33,9 @@ class StepBatches(Dataset):
 
     Each step draws a global batch of batch_size * world_size samples (image, crop corner, flip, degradation
     seed) from a generator seeded by (seed, step); rank r degrades and returns samples [r*B, (r+1)*B).
+
+    With `scales` (GCFSR): each sample's factor is drawn from `scales`, its LR upsampled back to gt_size, and the
+    batch holds "cond": (B,) float factors.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class StepBatches(Dataset):
         gt_size: int = 256,
         scale: int = 4,
         degradation: str = "bicubic",
+        scales: Sequence[int] | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -54,6 +58,8 @@ class StepBatches(Dataset):
                 raise SdakdError(f"{field}={value!r} is invalid; allowed: an integer >= 1")
         if gt_size % scale:
             raise SdakdError(f"gt_size={gt_size} is not a multiple of scale={scale}")
+        if scales is not None and (not scales or any(f < 1 or gt_size % f for f in scales)):
+            raise SdakdError(f"scales={scales!r} is invalid; allowed: factors >= 1 that divide gt_size={gt_size}")
         if not 0 <= rank < world_size:
             raise SdakdError(f"rank={rank} is outside 0..{world_size - 1} (world_size={world_size})")
         self.degrade = DEGRADATIONS.get(degradation)
@@ -70,6 +76,7 @@ class StepBatches(Dataset):
         self.images = [img for _, img in images]  # uint8 (3, H, W), decoded once
         self.batch_size, self.gt_size, self.scale = batch_size, gt_size, scale
         self.seed, self.rank, self.world_size, self.flip = seed, rank, world_size, flip
+        self.scales = tuple(scales) if scales else None
 
     def __len__(self) -> int:
         return STEPS
@@ -86,6 +93,10 @@ class StepBatches(Dataset):
         corners = torch.rand(total, 2, generator=g, dtype=torch.float64)
         flips = torch.rand(total, generator=g) < 0.5
         sample_seeds = torch.randint(2**62, (total,), generator=g)
+        # drawn last, so that the single-scale stream stays what it was
+        factors = None
+        if self.scales:
+            factors = torch.tensor(self.scales)[torch.randint(len(self.scales), (total,), generator=g)]
 
         hrs, lrs = [], []
         for i in range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size):
@@ -96,9 +107,14 @@ class StepBatches(Dataset):
             if self.flip and flips[i]:
                 hr = hr.flip(-1)
             # one generator per sample: its LR does not depend on which rank or batch size produced it
-            lrs.append(self.degrade(hr, self.scale, torch.Generator().manual_seed(int(sample_seeds[i]))))
+            factor = self.scale if factors is None else int(factors[i])
+            lr = self.degrade(hr, factor, torch.Generator().manual_seed(int(sample_seeds[i])))
+            lrs.append(lr if factors is None else bicubic_up(lr, factor))
             hrs.append(hr)
-        return {"lr": torch.stack(lrs), "hr": torch.stack(hrs)}
+        batch = {"lr": torch.stack(lrs), "hr": torch.stack(hrs)}
+        if factors is not None:
+            batch["cond"] = factors[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].float()
+        return batch
 
 
 @contextmanager
@@ -143,4 +159,22 @@ def val_pairs(data_dir: str | Path, scale: int, max_side: int | None = None) -> 
             h, w = img.shape[1:]
         hr = img[:, : h - h % scale, : w - w % scale].float() / 255
         pairs.append((name, bicubic_down(hr, scale), hr))
+    return pairs
+
+
+def factor_val_pairs(
+    data_dir: str | Path, scales: Sequence[int], size: int
+) -> list[tuple[str, Tensor, Tensor, Tensor]]:
+    """GCFSR validation: (name, lr, hr, factor) for every val image, centre-cropped to size x size, at every
+    distinct factor; LR = bicubic down by the factor and back up to `size`. Deterministic."""
+    pairs = []
+    for name, img in read_split(data_dir, "val"):
+        h, w = img.shape[1:]
+        if min(h, w) < size:
+            raise SdakdError(f"{data_dir}: val image {name} ({w}x{h}) is smaller than {size}x{size}")
+        top, left = (h - size) // 2, (w - size) // 2
+        hr = img[:, top : top + size, left : left + size].float() / 255
+        for factor in sorted(set(scales)):
+            lr = bicubic_up(bicubic_down(hr, factor), factor)
+            pairs.append((f"{name}_x{factor}", lr, hr, torch.tensor([float(factor)])))
     return pairs

@@ -18,7 +18,8 @@ from sdakd.config import ExperimentConfig
 from sdakd.engine.stage import Stage
 from sdakd.errors import SdakdError
 from sdakd.losses import AdversarialLoss, PerceptualLoss
-from sdakd.models import FeatureTaps, build_discriminator, generator_from_spec
+from sdakd.losses.adversarial import r1_penalty
+from sdakd.models import FeatureTaps, discriminator_from_spec, generate, generator_from_spec
 from sdakd.teacher import Teacher
 
 
@@ -31,7 +32,8 @@ def sr_generator(cfg: ExperimentConfig, width: float = 1.0, depth: int | None = 
     t = cfg.teacher
     extra = {"num_grow_ch": t.num_grow_ch} if t.num_grow_ch is not None else {}
     return generator_from_spec(
-        t.arch, scale=cfg.data.scale, depth=depth or t.num_block, width=width, num_feat=t.num_feat, **extra
+        t.arch, scale=cfg.data.scale, depth=depth or t.num_block, size=cfg.data.gt_size, width=width,
+        num_feat=t.num_feat, **extra,
     )
 
 
@@ -40,7 +42,9 @@ def student_generator(cfg: ExperimentConfig) -> nn.Module:
 
 
 def discriminator(cfg: ExperimentConfig, width: float) -> nn.Module:
-    return build_discriminator(cfg.teacher.d_arch, width=width, num_feat=cfg.teacher.d_num_feat)
+    return discriminator_from_spec(
+        cfg.teacher.d_arch, size=cfg.data.gt_size, width=width, num_feat=cfg.teacher.d_num_feat
+    )
 
 
 class Step:
@@ -50,10 +54,11 @@ class Step:
         self.method = method
         self.lr = batch["lr"]
         self.hr = batch["hr"]
+        self.cond = batch.get("cond")  # per-sample conditioning (GCFSR's upscaling factors); absent otherwise
 
     @cached_property
     def sr(self) -> torch.Tensor:
-        out = self.method.nets["student_g"](self.lr)
+        out = generate(self.method.nets["student_g"], self.lr, self.cond)
         taps = self.method.student_taps
         self.student_features = dict(taps.features) if taps else {}
         return out
@@ -62,7 +67,7 @@ class Step:
     def _teacher(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.method.teacher is None:
             raise SdakdError(f"method {self.method.name!r} asked for the teacher but declares uses_teacher=False")
-        return self.method.teacher.sr(self.lr, self.method.teacher_tap_names)
+        return self.method.teacher.sr(self.lr, self.method.teacher_tap_names, self.cond)
 
     @property
     def teacher_sr(self) -> torch.Tensor:
@@ -159,7 +164,13 @@ class Method:
         return self.adversarial.generator(self.adversary()(step.sr))
 
     def d_real(self, step: Step) -> torch.Tensor:
-        return self.adversarial.real(self.nets["d"](step.hr))
+        """D's loss on GT; with loss.r1.weight = gamma > 0 plus the R1 penalty gamma/2 E|grad D(GT)|^2, on every
+        D step (StyleGAN2's lazy every-16-steps variant would need the step index, which terms do not see)."""
+        gamma = self.cfg.loss.r1.weight
+        hr = step.hr.detach().requires_grad_(gamma > 0)
+        logits = self.nets["d"](hr)
+        real = self.adversarial.real(logits)
+        return real + gamma / 2 * r1_penalty(logits, hr) if gamma > 0 else real
 
     def d_fake(self, step: Step) -> torch.Tensor:
         return self.adversarial.fake(self.nets["d"](step.sr.detach()))

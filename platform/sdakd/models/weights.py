@@ -1,4 +1,4 @@
-"""Load and save weights in the official Real-ESRGAN/BasicSR checkpoint format."""
+"""Load and save weights in the official Real-ESRGAN/BasicSR (and GCFSR) checkpoint format."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def load_weights(model: M, path: str | Path, key: str | None = None, strict: boo
     expected = model.state_dict()
     to_legacy = legacy_names(list(expected))
     from_legacy = {old: new for new, old in to_legacy.items()}
-    state = {from_legacy.get(k, k): v for k, v in read_state(path, key).items()}
+    unused = getattr(model, "checkpoint_unused", ())  # key prefixes an official checkpoint holds but the model drops
+    state = {from_legacy.get(k, k): v for k, v in read_state(path, key).items() if not k.startswith(unused)}
 
     def shown(keys: list[str]) -> str:  # name keys as the official format spells them
         return few([to_legacy.get(k, k) for k in keys])
