@@ -39,7 +39,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sdakd.pipeline import out_dir_for, run_experiment
 
     resume = True if args.resume == "auto" else (Path(args.resume) if args.resume else None)
-    metrics = run_experiment(cfg, resume=resume)
+    if args.workers is None:
+        metrics = run_experiment(cfg, resume=resume)
+    else:
+        from sdakd.distributed import train_distributed
+
+        metrics = train_distributed(
+            cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+            resume=resume,
+        ).return_value
     out = out_dir_for(cfg)
     s, r = metrics["student"], metrics["references"]
     print(f"\nwrote {out}/metrics.json, {out}/student.pt, {out}/checkpoints/")
@@ -131,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
         help="resume from CHECKPOINT, or from the run folder's last checkpoint when no path is given",
     )
+    train.add_argument(
+        "--workers", type=int, help="train on N Ray Train workers (DDP; data.batch_size is per worker)",
+    )
+    train.add_argument("--gpus-per-worker", type=float, default=0, help="with --workers (default 0: CPU)")
+    train.add_argument("--cpus-per-worker", type=float, default=1, help="with --workers; also each one's threads")
     train.set_defaults(handler=cmd_train)
 
     teacher = sub.add_parser("teacher", help="load or pretrain (and cache) the config's teacher; print its scores")

@@ -162,6 +162,11 @@ class RunConfig(Frozen):
     log_every: int = Field(50, ge=1)
     eval_max_images: int | None = Field(None, ge=1)
     latency_repeats: int = Field(10, ge=1)
+    storage_path: str | None = Field(
+        None, description="Ray Train checkpoints and results (a folder all nodes share, or s3://...); "
+        "None = env SDAKD_STORAGE_PATH, else <cwd>/ray_results",
+    )
+    max_failures: int = Field(2, ge=-1, description="Ray Train restarts from the last checkpoint; -1 = unlimited")
     tracking_uri: str | None = Field(
         None, description="MLflow store; None = env SDAKD_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
     )
