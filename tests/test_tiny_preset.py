@@ -15,7 +15,7 @@ def tiny_run(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "sdakd.cli", "train", "--preset", "tiny",
          "--set", f"run.out_dir={out}", "--set", f"run.cache_dir={root / 'cache'}"],
-        capture_output=True, text=True, timeout=900, env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        capture_output=True, text=True, timeout=1800, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
