@@ -154,41 +154,39 @@ class Engine:
     def train_step(self, stage: Stage, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         step = self.method.step(batch)
-        stats = self.stats[stage.name]
         logged: dict[str, float] = {}
         if stage.trains_g:
             _set_trainable(self.d_modules, False)  # D gets no grads from the G's GAN term
-            with self.autocast():
-                terms = self.method.generator_terms(step, stage)
-                total = sum(stage.g_loss[name] * value for name, value in terms.items())
-            self.opt_g.zero_grad(set_to_none=True)
-            total.backward()
-            self.opt_g.step()
+            logged |= self._descend(stage, "g", self.opt_g, self.method.generator_terms, step, stage.g_loss)
             _set_trainable(self.d_modules, True)
             if self.ema is not None:
                 self.ema.update(unwrap(self.method.nets["student_g"]), step=self.global_step())
-            stats["g_terms"].update(terms)
-            stats["g_steps"] += 1
-            logged |= {f"loss/{name}": float(value.detach()) for name, value in terms.items()}
-            logged["loss/g_total"] = float(total.detach())
         if stage.trains_d:
             if not stage.trains_g:
                 with torch.no_grad(), self.autocast():
                     step.sr  # a D-only stage still needs the generator's output, without grads
-            with self.autocast():
-                terms = self.method.discriminator_terms(step, stage)
-                total = sum(stage.d_loss[name] * value for name, value in terms.items())
-            self.opt_d.zero_grad(set_to_none=True)
-            total.backward()
-            self.opt_d.step()
-            stats["d_terms"].update(terms)
-            stats["d_steps"] += 1
-            logged |= {f"loss/d_{name}": float(value.detach()) for name, value in terms.items()}
-            logged["loss/d_total"] = float(total.detach())
+            logged |= self._descend(stage, "d", self.opt_d, self.method.discriminator_terms, step, stage.d_loss)
         bad = [k for k, v in logged.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"stage {stage.name}: non-finite loss {bad} at global step {self.global_step()}")
         return logged
+
+    def _descend(self, stage: Stage, side: str, optimizer: Any, terms_of: Callable, step: Any,
+                 weights: Mapping[str, float]) -> dict[str, float]:
+        """One optimizer step on the weighted sum of one side's terms; returns what to log."""
+        with self.autocast():
+            terms = terms_of(step, stage)
+            total = sum(weights[name] * value for name, value in terms.items())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        stats = self.stats[stage.name]
+        stats[f"{side}_terms"].update(terms)
+        stats[f"{side}_steps"] += 1
+        prefix = "loss/" if side == "g" else "loss/d_"
+        return {f"{prefix}{name}": float(value.detach()) for name, value in terms.items()} | {
+            f"loss/{side}_total": float(total.detach())
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
