@@ -16,15 +16,19 @@ import optuna
 import pytest
 import ray
 import torch
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.util import placement_group_table
 
 from sdakd.cli import main
 from sdakd.config import load_config, with_overrides
 from sdakd.engine.checkpoint import load_checkpoint
+from sdakd.tracking.store import Store
 from sdakd.search.prefix import PrefixCache, stage_key
 from sdakd.search.runner import _searcher, pareto_front
+from sdakd.search.tracking import EXPERIMENT, ROLE
 from sdakd.search.space import load_space
-from sdakd.search.trial import run_trial
+from sdakd.search.trial import key_context, run_trial
 
 SMOKE_TRIALS = 6
 
@@ -34,9 +38,18 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("search-cache")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tracking(tmp_path_factory):
+    """Searches log to MLflow: to a store of this module's, not the working directory's mlflow.db."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SDAKD_TRACKING_URI", uri)
+        yield uri
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=True)  # the State API, by which Ray Train frees stopped trials' workers
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -78,15 +91,6 @@ def test_bad_space_fails_before_ray(tmp_path, capsys, param, needles):
     assert code == 2 and err.startswith("error: ") and str(path) in err, err
     for needle in needles:
         assert needle in err, err
-    assert not ray.is_initialized() and not (tmp_path / "data").exists()
-
-
-def test_multi_worker_trials_need_the_distributed_adapter(tmp_path, capsys):
-    path = tmp_path / "wide.yaml"
-    path.write_text(SPACE.format(param="loss.gan.weight: {type: loguniform, low: 0.001, high: 0.1}")
-                    + "resources: {workers: 2}\n")
-    assert main(["search", str(path), "--set", f"run.cache_dir={tmp_path}"]) == 2
-    assert "multi-worker trials need sdakd.distributed" in capsys.readouterr().err
     assert not ray.is_initialized() and not (tmp_path / "data").exists()
 
 
@@ -133,8 +137,7 @@ def test_prefix_cache_trains_stage_1_once_and_exactly(cache, tmp_path):
     # ...and ends exactly where training it from scratch ends: the key left out nothing that matters
     fresh, _ = trial("c", prefix_cache=False, **{"loss.gan.weight": 0.05})
     s1_fresh = load_checkpoint(tmp_path / "c" / "checkpoints" / "s1.pt")["nets"]["student_g"]
-    context = {"teacher": second.teacher.identity, "data": second.data.checksum}
-    s1_key = stage_key(second.cfg, second.method, 0, context)
+    s1_key = stage_key(second.cfg, second.method, 0, key_context(second))
     s1_cached = load_checkpoint(PrefixCache(cache).path(s1_key))["nets"]["student_g"]
     assert all(torch.equal(s1_fresh[k], s1_cached[k]) for k in s1_fresh)
     for name in ("student_g", "d", "adapters"):
@@ -149,7 +152,7 @@ def test_prefix_cache_trains_stage_1_once_and_exactly(cache, tmp_path):
 
 
 @pytest.mark.timeout(420)
-def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cache, tmp_path, capsys):
+def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cache, tracking, tmp_path, capsys):
     out = tmp_path / "smoke"
     started = time.monotonic()
     assert main(search_args(out, cache)) == 0
@@ -169,6 +172,21 @@ def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cac
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'optuna.db'}")
     assert len(study.trials) == len(trials)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # MLflow: the search's parent run and one child run per trial, ended as the trial ended
+    client = MlflowClient(tracking_uri=tracking)
+    parent = Store(tracking).find_parent(EXPERIMENT, ROLE, str(out / "tune"))
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent)} == {"trials.json", "best.yaml"}
+    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'")
+    by_trial = {r.data.tags["sdakd.ray_trial_id"]: r for r in children}
+    assert set(by_trial) == {t["trial_id"] for t in trials}
+    for trial in trials:
+        run = by_trial[trial["trial_id"]]
+        assert run.info.status == ("FINISHED" if trial["final"] else "KILLED")
+        assert run.data.params["optim.lr_g"] == str(trial["config"]["optim.lr_g"])
+        assert run.data.metrics["eval/psnr_y"] == pytest.approx(trial["metrics"]["psnr_y"])
+        stages = client.get_metric_history(run.info.run_id, "eval/psnr_y")
+        assert [m.step for m in stages] == list(range(1, len(stages) + 1))
     print(f"smoke search: {time.monotonic() - started:.0f} s, {len(stopped)} of {len(trials)} stopped by ASHA")
 
 
@@ -211,3 +229,44 @@ def test_killed_driver_resumes_to_the_requested_trials(cluster, cache, tmp_path)
     for trial in study.trials:  # each Tune trial once; what the killed driver asked for beyond them is closed
         expected = optuna.trial.TrialState.COMPLETE if trial.number in numbers else optuna.trial.TrialState.FAIL
         assert trial.state == expected, (trial.number, trial.state)
+
+
+NESTED = """
+description: multi-worker trials (2 Ray Train workers each) on the smoke base
+base:
+  preset: tiny
+  overrides: {overrides}
+parameters:
+  optim.lr_g: {{type: choice, values: [5.0e-4, 2.0e-3, 1.0e-5]}}  # seed 0 draws 2e-3, then 1e-5 (ASHA stops it)
+objectives: [{{metric: psnr_y, mode: max}}]
+sampler: {{seed: 0}}
+scheduler: {{type: asha, grace_period: 1, reduction_factor: 2, max_t: 3}}
+samples: 3
+concurrency: 1
+resources: {{cpu: 0.95, workers: 2}}  # 2 x 0.95 + the trial function's 0.01: all of the 2 CPUs
+"""
+
+
+@pytest.mark.timeout(480)
+def test_multi_worker_trials_report_through_ray_train_and_free_their_workers(cluster, cache, tmp_path, capsys):
+    """Each trial a TorchTrainer of 2 workers (all the CPUs there are): a trial ASHA stops must hand its workers'
+    placement group back before the next trial's trainer asks for the same CPUs, or that trial times out."""
+    smoke = load_space("smoke")[0].base.overrides | {"stages.s1.iters": 4}  # its own prefixes: really trained
+    path = tmp_path / "nested.yaml"
+    path.write_text(NESTED.format(overrides=json.dumps(smoke)))
+    out = tmp_path / "nested"
+    started = time.monotonic()
+    assert main(["search", str(path), "--set", f"run.out_dir={out}", "--set", f"run.cache_dir={cache}"]) == 0
+    printed = capsys.readouterr().out
+    trials = read_trials(out)
+    assert len(trials) == 3 and not any(t["error"] for t in trials), printed
+    assert all(t["metrics"]["world_size"] == 2 for t in trials)
+    finished = [t for t in trials if t["final"]]
+    stopped = [t for t in trials if not t["final"]]
+    assert finished and stopped, printed  # ASHA stopped one, and the trial after it still got its workers
+    assert all(t["metrics"]["stage"] == "s3" and t["metrics"]["trained_iters"] > 0 for t in finished)
+    deadline = time.monotonic() + 30
+    while any(pg["state"] != "REMOVED" for pg in placement_group_table().values()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
+    print(f"nested search: {time.monotonic() - started:.0f} s, {len(stopped)} of 3 stopped by ASHA")

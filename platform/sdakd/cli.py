@@ -84,7 +84,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     from sdakd.search.runner import print_summary, run_named
 
-    print_summary(run_named(args.space, samples=args.samples, resume=args.resume, overrides=args.overrides))
+    summary = run_named(
+        args.space, samples=args.samples, resume=args.resume, overrides=args.overrides, tracking_uri=args.tracking_uri
+    )
+    print_summary(summary)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -163,7 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     evaluate.set_defaults(handler=cmd_eval)
 
-    search = sub.add_parser("search", help="Ray Tune + Optuna over a named search space (search_spaces/NAME.yaml)")
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument(
+        "--tracking-uri", help="MLflow store (sqlite:///PATH or http(s)://HOST:PORT); "
+        "default: env SDAKD_TRACKING_URI, else the config's run.tracking_uri, else sqlite:///<cwd>/mlflow.db",
+    )
+    search = sub.add_parser(
+        "search", parents=[tracking], help="Ray Tune + Optuna over a named search space (search_spaces/NAME.yaml)"
+    )
     search.add_argument("space", help="a search space name (e.g. smoke, sdakd_core, pareto) or a YAML path")
     search.add_argument("--samples", type=int, help="number of trials (default: the space's `samples`)")
     search.add_argument("--resume", action="store_true", help="continue a search whose driver was stopped")
@@ -173,11 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.set_defaults(handler=cmd_search)
 
-    tracking = argparse.ArgumentParser(add_help=False)
-    tracking.add_argument(
-        "--tracking-uri", help="MLflow store (sqlite:///PATH or http(s)://HOST:PORT); "
-        "default: env SDAKD_TRACKING_URI, else the config's run.tracking_uri, else sqlite:///<cwd>/mlflow.db",
-    )
     ablate = sub.add_parser("ablate", parents=[tracking], help="run a named ablation grid (ablations/NAME.yaml)")
     ablate.add_argument("grid", help="a grid name (see `sdakd list`) or a YAML path")
     ablate.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the grid's (e.g. 0,1,2)")

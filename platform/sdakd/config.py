@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, TypeVar
@@ -22,6 +23,7 @@ from sdakd.errors import SdakdError
 PRESETS_PACKAGE = "sdakd.presets"
 # Named YAML folders (ablations/, search_spaces/) sit at the top of the source checkout.
 REPO_ROOT = Path(__file__).resolve().parents[2]
+STORAGE_ENV = "SDAKD_STORAGE_PATH"  # a cluster sets it on every node (cluster.yaml)
 # Fields that name where things are written or how often we log: they never change what is learned.
 TRACKING_ONLY = ("run",)
 
@@ -262,6 +264,15 @@ def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SdakdError(f"config file {path} must hold a mapping at the top level, found {type(data).__name__}")
     return data
+
+
+def storage_root(cfg: ExperimentConfig) -> str | None:
+    """Where Ray keeps results and checkpoints: `run.storage_path`, else env SDAKD_STORAGE_PATH, as an absolute
+    path or a URI (s3://...); None when neither is set (each command then keeps them in its own folder)."""
+    storage = cfg.run.storage_path or os.environ.get(STORAGE_ENV)
+    if not storage:
+        return None
+    return storage if "://" in storage else str(Path(storage).expanduser().absolute())
 
 
 def project_dirs(folder: str) -> list[Path]:

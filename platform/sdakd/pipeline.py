@@ -266,6 +266,7 @@ class Experiment:
     validator: Validator
     out_dir: Path
     engine: Engine | None = None
+    world_size: int = 1  # Ray Train workers sharing each step's global batch
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -292,7 +293,7 @@ def build_experiment(
         prepare(method)
     validator = Validator(cfg, data, teacher, device)
     out_dir = out_dir_for(cfg)
-    exp = Experiment(cfg, device, data, teacher, method, validator, out_dir)
+    exp = Experiment(cfg, device, data, teacher, method, validator, out_dir, world_size=world_size)
     batches = train_batches(cfg, data, cfg.data.batch_size, rank, world_size)
     exp.engine = Engine(
         method,

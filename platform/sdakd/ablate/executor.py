@@ -7,13 +7,16 @@ before Ray starts: concurrent cells then only read the caches instead of pretrai
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from sdakd.ablate.grid import EXPERIMENT, ROLE, Cell, load_grid
 from sdakd.ablate.report import report
-from sdakd.config import with_overrides
+from sdakd.config import storage_root, with_overrides
+from sdakd.engine.checkpoint import LAST
 from sdakd.tracking.run import tracked_run
 from sdakd.tracking.store import CELL_KEY, Store, git_tags, resolve_uri
 
@@ -72,9 +75,9 @@ def run_cells(cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, 
     import ray
     from ray import tune
 
-    started = not ray.is_initialized()  # a caller's Ray (a cluster, a test) is used and left running
-    if started:
-        ray.init(include_dashboard=False, configure_logging=False)
+    from sdakd.distributed import connect
+
+    started = connect()  # a caller's Ray (a cluster, a test) is used and left running
     gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     jobs = {f"{i:03d}-{c.run_name}": c for i, c in enumerate(cells)}
     context = {"uri": uri, "experiment_id": experiment_id, "parent": parent, "grid": grid, "tags": git_tags()}
@@ -84,8 +87,9 @@ def run_cells(cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, 
         param_space={"cell": tune.grid_search(list(jobs))},
         tune_config=tune.TuneConfig(reuse_actors=True),  # a warm worker skips seconds of torch/mlflow imports
         run_config=tune.RunConfig(
-            name=f"{grid}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(Path("runs", "ablate", grid, "tune").resolve()),
+            name=f"ablate-{grid}-{time.strftime('%Y%m%d-%H%M%S')}",
+            # a cluster's bucket (run.storage_path / SDAKD_STORAGE_PATH) keeps each cell's final checkpoint
+            storage_path=storage_root(cells[0].cfg) or str(Path("runs", "ablate", grid, "tune").resolve()),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1,
         ),
@@ -118,4 +122,9 @@ def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, A
     with tracked_run(*run) as tracker:
         command = f"sdakd ablate {context['grid']}  # cell {cell.name}, seed {cell.cfg.seed}"
         metrics = run_experiment(cell.cfg, callbacks=[tracker], on_done=tracker.on_done, command=command)
-    tune.report({"psnr_y": metrics["student"]["psnr_y"]})
+    # The node's run folder may not outlive it: Tune copies the final training state and the student to storage.
+    out = cell.cfg.run.out_dir
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tune-report-") as folder:
+        for path in (out / "checkpoints" / LAST, out / "student.pt"):
+            os.link(path, Path(folder) / path.name)
+        tune.report({"psnr_y": metrics["student"]["psnr_y"]}, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -19,14 +19,14 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ray.train
 import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from sdakd.config import ExperimentConfig, validate, with_overrides
+from sdakd.config import ExperimentConfig, storage_root, validate, with_overrides
 from sdakd.distributed.ddp import wrap_trainable
 from sdakd.distributed.faults import FailOnce, fault_from_env
 from sdakd.engine import Callbacks, Position, Stage, unwrap
@@ -43,15 +43,10 @@ from sdakd.pipeline import (
     write_run_files,
 )
 
-STORAGE_ENV = "SDAKD_STORAGE_PATH"
-
-
-def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+def with_absolute_paths(cfg: ExperimentConfig, default_storage: Path = Path("ray_results")) -> ExperimentConfig:
     """Every path absolute, the run folder and the Ray storage filled in: workers start in other folders than
     the driver (on other nodes, too: there these paths must name shared storage)."""
-    storage = cfg.run.storage_path or os.environ.get(STORAGE_ENV) or "ray_results"
-    if "://" not in storage:  # a URI (s3://, gs://) is already absolute
-        storage = str(Path(storage).expanduser().absolute())
+    storage = storage_root(cfg) or str(default_storage.absolute())
     cfg = with_overrides(cfg, {"run.out_dir": str(out_dir_for(cfg)), "run.storage_path": storage})
 
     def absolute(value: Any) -> Any:
@@ -91,14 +86,19 @@ class RayReport(Callbacks):
         self._report(self.stage_end_checkpoint, {"global_step": global_step, "stage_done": stage.name, **metrics})
 
     def _report(self, path: Path | None, metrics: dict[str, Any]) -> None:
-        metrics |= self.losses
-        if path is None:  # ranks other than 0 write no checkpoint, but every rank reports: it is a barrier
-            ray.train.report(metrics)
-            return
-        # Ray persists a folder: give it the latest checkpoint alone (not the stage copies beside it), by a link
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ray-report-") as folder:
-            os.link(path, Path(folder) / path.name)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        report_to_ray(metrics | self.losses, path)
+
+
+def report_to_ray(metrics: dict[str, Any], path: Path | None) -> None:
+    """`ray.train.report`, with the checkpoint file `path` when this rank wrote one. Ranks other than 0 write no
+    checkpoint, but every rank reports equally often: the call is a barrier."""
+    if path is None:
+        ray.train.report(metrics)
+        return
+    # Ray persists a folder: give it this checkpoint alone (not the stage copies beside it), by a link
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ray-report-") as folder:
+        os.link(path, Path(folder) / path.name)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def prepare_shared_files(cfg: ExperimentConfig, rank: int, device: torch.device) -> None:
@@ -198,12 +198,27 @@ def train_distributed(
         "callbacks": list(callbacks),
         "fault": fault_from_env(),
     }
-    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
     # A fresh Ray run name each time: Ray resumes a run whose name it finds in storage, and a new `sdakd train`
     # starts over, as locally (`resume` is the way to continue).
     name = f"{out_dir.name}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
-    trainer = TorchTrainer(
-        train_loop,
+    return make_trainer(train_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker).fit()
+
+
+def make_trainer(
+    loop: Callable[[dict[str, Any]], Any],
+    loop_config: dict[str, Any],
+    cfg: ExperimentConfig,
+    name: str,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    callbacks: Sequence[Any] = (),
+) -> TorchTrainer:
+    """`loop` on `workers` workers, the run `name` kept in `cfg.run.storage_path` and restarted from its last
+    checkpoint up to `run.max_failures` times."""
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
+    return TorchTrainer(
+        loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
@@ -212,6 +227,6 @@ def train_distributed(
             name=name,
             storage_path=cfg.run.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=list(callbacks),
         ),
     )
-    return trainer.fit()

@@ -2,7 +2,9 @@
 stopping weak ones after each stage. The only module (with sdakd.distributed) that imports Ray Tune.
 
 Layout of a search folder (`run.out_dir` of the base config, default runs/search-<name>):
-  tune/        the Tune experiment (trial folders, per-stage checkpoints); `--resume` restores it
+  tune/        the Tune experiment (trial folders, per-stage checkpoints); `--resume` restores it. With a
+               storage root (run.storage_path or env SDAKD_STORAGE_PATH, e.g. a cluster's bucket) it lives
+               there instead, as <storage>/<this folder's name>
   base.yaml    the base config of every trial (absolute paths)
   optuna.db    the Optuna study (`optuna.load_study(study_name=<name>, storage="sqlite:///.../optuna.db")`)
   best.yaml    the best trial's full config, or pareto/<rank>.yaml for a multi-objective space:
@@ -16,6 +18,9 @@ owned by the trial's actor, holding the workers' placement group. A stopped tria
 reused and is force-killed after a few seconds if its graceful stop hangs (TUNE_FORCE_TRIAL_CLEANUP_S): the
 controller dies with it and Ray Train's placement-group cleaner frees the bundles before the next trial starts
 its workers, instead of Tune's default ten minutes during which that trial would time out waiting for them.
+Such a trial's function reserves nothing itself; `concurrency` bounds how many trainers want workers at once.
+
+MLflow: a parent run per search in the experiment "sdakd-searches" and a child run per trial (search/tracking.py).
 """
 
 from __future__ import annotations
@@ -37,19 +42,25 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sdakd.config import ExperimentConfig, dump_yaml, load_config, validate, with_overrides
+from sdakd.config import ExperimentConfig, dump_yaml, load_config, storage_root, validate, with_overrides
+from sdakd.distributed import connect, tune_trial
 from sdakd.errors import SdakdError
 from sdakd.pipeline import build_teacher, ensure_dataset, resolve_device
 from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest, load_space
+from sdakd.search.tracking import EXPERIMENT, ROLE, TrialRuns
 from sdakd.search.trial import run_trial
+from sdakd.tracking.store import Store, git_tags, resolve_uri
 
 STATE_FILE = "engine.pt"
 BASE_FILE = "base.yaml"  # the base config every trial starts from; --resume must give the same
 # Seconds between snapshots of the experiment (trials + searcher): what a killed driver can lose on --resume.
 SNAPSHOT_S = "2"
 NESTED_CLEANUP_S = "5"
+# A multi-worker trial's function only waits on its TorchTrainer, whose workers hold the CPUs and GPUs; Tune
+# refuses a trial that asks for nothing, so it asks for a sliver.
+NESTED_TRIAL_CPU = 0.01
 # Kept per trial in trials.json next to the objectives: where it stopped, what it cost, when it ran.
-TRIAL_FIELDS = ("stage", "trained_iters", "prefix_stages", "time_total_s", "timestamp")
+TRIAL_FIELDS = ("stage", "trained_iters", "prefix_stages", "world_size", "time_total_s", "timestamp")
 
 
 @dataclass
@@ -60,71 +71,87 @@ class Summary:
     best: list[dict[str, Any]]  # one trial, or the Pareto set
 
 
-def run_named(name: str, *, samples: int | None = None, resume: bool = False, overrides: Sequence[str] = ()) -> Summary:
+def run_named(
+    name: str,
+    *,
+    samples: int | None = None,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    tracking_uri: str | None = None,
+) -> Summary:
     space, base = load_space(name, overrides)
     if samples is not None:
         if resume:
             raise SdakdError("--samples cannot change on --resume: the restored search keeps its trial count")
         space = space.model_copy(update={"samples": samples})
-    return search(space, base, resume=resume)
+    return search(space, base, resume=resume, tracking_uri=tracking_uri)
 
 
-def search(space: Space, base: ExperimentConfig, *, resume: bool = False) -> Summary:
+def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracking_uri: str | None = None) -> Summary:
     """Run (or resume) the search; everything that can be wrong with the input fails before Ray starts."""
     folder = Path(base.run.out_dir or Path("runs") / f"search-{space.name}").resolve()
-    experiment = folder / "tune"
-    if resume and not tune.Tuner.can_restore(str(experiment)):
+    # Tune's experiment (trial folders, checkpoints, what --resume restores): in the configured storage (a
+    # cluster's bucket), named after the search folder, else in the search folder itself.
+    storage = storage_root(base)
+    experiment = f"{storage.rstrip('/')}/{folder.name}" if storage else str(folder / "tune")
+    if resume and not tune.Tuner.can_restore(experiment):
         raise SdakdError(f"nothing to resume: {experiment} holds no search (run it without --resume first)")
-    if not resume and experiment.exists():
+    if not resume and tune.Tuner.can_restore(experiment):
         raise SdakdError(f"{experiment} already holds a search: add --resume, or set run.out_dir to a new folder")
     nested = space.resources.workers > 1
-    if nested:
-        _nested_entry()
     # Trials run in their own folders and processes: every path they read must be absolute.
     data_root = {"data.root": str(base.data.root.resolve())} if base.data.root else {}
     base = with_overrides(base, {"run.cache_dir": str(base.run.cache_dir.resolve()), "run.out_dir": None, **data_root})
     saved = folder / BASE_FILE
     if resume and load_config(path=saved) != base:
         raise SdakdError(f"--resume needs the --set values the search started with (its base config: {saved})")
+    store = Store(resolve_uri(tracking_uri, base.run.tracking_uri))  # an unreachable server fails here
     # Build the dataset and pretrain the teacher once, here, so concurrent trials never race on those caches.
     build_teacher(base, ensure_dataset(base), resolve_device(base.run.device))
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_S)
     if nested:
         os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", NESTED_CLEANUP_S)
-    if not ray.is_initialized():
-        ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
-    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    connect(dashboard=nested)
+    experiment_id = store.experiment(EXPERIMENT)
+    parent = store.parent(experiment_id, ROLE, experiment, reuse=resume)
+    runs = TrialRuns(store.uri, experiment_id, parent, space, base, git_tags() | {"sdakd.search": space.name})
     trainable = tune.with_resources(
-        partial(_trial, base=base.to_dict(), prefix_cache=space.prefix_cache, threads=max(1, int(space.resources.cpu)),
-                nested=nested),
-        resources,
+        partial(_trial, base=base.to_dict(), prefix_cache=space.prefix_cache, resources=space.resources.model_dump()),
+        {"cpu": NESTED_TRIAL_CPU} if nested else {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
     )
-    storage = f"sqlite:///{folder / 'optuna.db'}"
-    if resume:
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        saved.write_text(dump_yaml(base))
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=_searcher(space, storage),
-                scheduler=_scheduler(space, base),
-                num_samples=space.samples,
-                max_concurrent_trials=space.concurrency,
-                reuse_actors=not nested,  # a reused actor would keep a stopped trial's Train controller alive
-            ),
-            run_config=tune.RunConfig(
-                name=experiment.name,
-                storage_path=str(folder),
-                verbose=0,
-                callbacks=[Progress(space)],
-            ),
-        )
-    grid = tuner.fit()
-    summary = summarize(space, base, folder, grid)
-    _fail_orphans(storage, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
+    storage_db = f"sqlite:///{folder / 'optuna.db'}"
+    ok = False
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, restart_errored=True)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            saved.write_text(dump_yaml(base))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=_searcher(space, storage_db),
+                    scheduler=_scheduler(space, base),
+                    num_samples=space.samples,
+                    max_concurrent_trials=space.concurrency,
+                    reuse_actors=not nested,  # a reused actor would keep a stopped trial's Train controller alive
+                ),
+                run_config=tune.RunConfig(
+                    name=experiment.rsplit("/", 1)[1],
+                    storage_path=experiment.rsplit("/", 1)[0],
+                    verbose=0,
+                    callbacks=[Progress(space), runs],
+                ),
+            )
+        grid = tuner.fit()
+        summary = summarize(space, base, folder, grid)
+        _fail_orphans(storage_db, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
+        store.log_files(parent, [folder / "trials.json", *(Path(t["file"]) for t in summary.best)])
+        ok = not any(t["error"] for t in summary.trials)
+    finally:
+        store.close(parent, ok)
+    print(store.ui_hint(experiment_id, parent))
     return summary
 
 
@@ -157,7 +184,7 @@ def _scheduler(space: Space, base: ExperimentConfig) -> ASHAScheduler | None:
     if asha is None:
         return None  # FIFO: every trial trains all its stages
     return ASHAScheduler(
-        time_attr="training_iteration",  # one report per stage
+        time_attr="stage_number",  # one report per stage, cached or trained
         metric=space.metric,
         mode=space.mode,
         max_t=asha.max_t or len(type(base.stages).model_fields),
@@ -166,33 +193,27 @@ def _scheduler(space: Space, base: ExperimentConfig) -> ASHAScheduler | None:
     )
 
 
-def _nested_entry():
-    """The Ray Train adapter's entry for one Tune trial: `tune_trial(cfg, report, resume=...)` runs a TorchTrainer
-    whose RunConfig carries ray.tune.integration.ray_train.TuneReportCallback and reports like `run_trial`."""
-    try:
-        from sdakd.distributed import tune_trial
-    except ImportError:
-        raise SdakdError(
-            "multi-worker trials need sdakd.distributed.tune_trial (a TorchTrainer run that reports to its Tune "
-            "trial), which sdakd.distributed does not provide yet; set resources.workers: 1 to train each trial "
-            "inside its Tune trial"
-        ) from None
-    return tune_trial
-
-
 # ---------------------------------------------------------------- inside a trial (a Ray actor)
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], prefix_cache: bool, threads: int, nested: bool) -> None:
+def _trial(params: dict[str, Any], *, base: dict[str, Any], prefix_cache: bool, resources: dict[str, Any]) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg = with_overrides(validate(base), Suggest.overrides(params) | {"run.out_dir": str(trial_dir / "run")})
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stage checkpoint
+    if resources["workers"] > 1:
+        tune_trial(
+            cfg,
+            name=f"trial-{tune.get_context().get_trial_id()}",
+            workers=resources["workers"],
+            cpus_per_worker=resources["cpu"],
+            gpus_per_worker=resources["gpu"],
+            prefix_cache=prefix_cache,
+            default_storage=trial_dir / "train",
+        )
+        return
     checkpoint = tune.get_checkpoint()
     resume = Path(checkpoint.to_directory()) / STATE_FILE if checkpoint else None
-    if nested:
-        _nested_entry()(cfg, _report, resume=resume)
-        return
-    torch.set_num_threads(threads)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stage checkpoint
+    torch.set_num_threads(max(1, int(resources["cpu"])))
     run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume)
 
 

@@ -131,9 +131,11 @@ class Sampler(Frozen):
 
 
 class Resources(Frozen):
-    cpu: float = Field(1, gt=0, description="CPUs per trial (also its torch threads)")
-    gpu: float = Field(0, ge=0)
-    workers: int = Field(1, ge=1, description="1 = the engine runs inside the Tune trial; >1 = Ray Train")
+    cpu: float = Field(1, gt=0, description="CPUs per trial (also its torch threads); per worker when workers > 1")
+    gpu: float = Field(0, ge=0, description="GPUs per trial; per worker when workers > 1")
+    workers: int = Field(
+        1, ge=1, description="1 = the engine runs inside the Tune trial; >1 = a Ray Train TorchTrainer (DDP) per trial"
+    )
 
 
 class Space(Frozen):

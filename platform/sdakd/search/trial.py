@@ -21,12 +21,23 @@ from sdakd.search.prefix import PrefixCache, changed_nets, snapshot, stage_keys
 Report = Callable[[dict[str, Any], Path | None], None]
 
 
+def key_context(exp: Experiment) -> dict[str, Any]:
+    """What decides a stage's result beside the config fields: the teacher, the data and (N workers of batch B
+    train like one of batch N*B) the world size."""
+    return {
+        "teacher": exp.teacher.identity if exp.teacher else None,
+        "data": exp.data.checksum,
+        "world_size": exp.world_size,
+    }
+
+
 class StageReports(Callbacks):
     """Stores each finished stage in the prefix cache, then reports it."""
 
-    def __init__(self, report: Report, cache: PrefixCache | None) -> None:
+    def __init__(self, report: Report, cache: PrefixCache | None, writer: bool = True) -> None:
         self.report = report
         self.cache = cache
+        self.writer = writer  # under Ray Train, rank 0 alone stores stages and hands over their checkpoints
         self.prefix_stages = 0
         self.start_step = 0
 
@@ -35,16 +46,15 @@ class StageReports(Callbacks):
         self.initial = snapshot(exp.method.nets)  # before any load: what "changed by the prefix" is measured from
         student = unwrap(exp.method.nets["student_g"])
         self.cost = {"macs": macs(student, (1, 3, COST_LR_SIZE, COST_LR_SIZE)), "params": count_params(student)}
-        context = {"teacher": exp.teacher.identity if exp.teacher else None, "data": exp.data.checksum}
-        self.keys = stage_keys(exp.cfg, exp.method, context)
+        self.keys = stage_keys(exp.cfg, exp.method, key_context(exp))
 
     def on_stage_end(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None:
         engine = self.exp.engine
         index = engine.position.stage - 1
-        if self.cache is not None and not self.cache.path(self.keys[index]).is_file():
+        if self.writer and self.cache is not None and not self.cache.path(self.keys[index]).is_file():
             self.cache.store(self.keys[index], engine.state_dict(), changed_nets(engine.method.nets, self.initial))
         state_file = self.exp.out_dir / "checkpoints" / f"{stage.name}.pt"
-        self.report(self.payload(index, metrics), state_file if state_file.is_file() else None)
+        self.report(self.payload(index, metrics), state_file if self.writer and state_file.is_file() else None)
 
     def payload(self, index: int, metrics: Mapping[str, float]) -> dict[str, Any]:
         engine = self.exp.engine
@@ -54,18 +64,26 @@ class StageReports(Callbacks):
             **self.cost,
             "stage": engine.stages[index].name,
             "stage_index": index,
+            "stage_number": index + 1,  # ASHA's time: the same count whether a stage was trained or cached
             "final": index == last,
             "trained_iters": engine.global_step() - self.start_step,
             "prefix_stages": self.prefix_stages,
+            "world_size": self.exp.world_size,
         }
 
 
 def run_trial(
-    cfg: ExperimentConfig, report: Report, *, prefix_cache: bool = True, resume: Path | None = None
+    cfg: ExperimentConfig,
+    report: Report,
+    *,
+    prefix_cache: bool = True,
+    resume: Path | None = None,
+    **build: Any,
 ) -> Experiment:
-    """Train `cfg` through all its stages, reporting each; `resume` is a stage checkpoint of this same trial."""
-    reports = StageReports(report, PrefixCache(cfg.run.cache_dir) if prefix_cache else None)
-    exp = build_experiment(cfg, callbacks=[reports])
+    """Train `cfg` through all its stages, reporting each; `resume` is a stage checkpoint of this same trial.
+    `build` goes to `build_experiment` (a Ray Train worker passes its rank, device, DDP wrapper, writer)."""
+    reports = StageReports(report, PrefixCache(cfg.run.cache_dir) if prefix_cache else None, build.get("writer", True))
+    exp = build_experiment(cfg, callbacks=[reports], **build)
     reports.attach(exp)
     engine = exp.engine
     if resume is not None:

@@ -133,22 +133,16 @@ def config_tags(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def tracked_run(
-    uri: str,
+def start_child_run(
+    client: MlflowClient,
     experiment_id: str,
     parent_run_id: str,
     name: str,
     cfg: ExperimentConfig,
     tags: Mapping[str, Any] = (),
     devices: int = 1,
-) -> Iterator[TrackedRun]:
-    """A child run of `parent_run_id` with the config as params; FINISHED, or FAILED/KILLED when the body raises.
-
-    MlflowClient, not the fluent API: Ray reuses worker processes, and a leftover active run would leak into the
-    next trial.
-    """
-    client = MlflowClient(tracking_uri=uri)
+) -> TrackedRun:
+    """A RUNNING child run of `parent_run_id`, tagged and with the whole config as params."""
     run = client.create_run(
         experiment_id,
         run_name=name,
@@ -156,6 +150,18 @@ def tracked_run(
     )
     tracker = TrackedRun(client, run.info.run_id, devices)
     tracker.log_params(flatten(cfg.to_dict()))
+    return tracker
+
+
+@contextlib.contextmanager
+def tracked_run(uri: str, *child: Any, **options: Any) -> Iterator[TrackedRun]:
+    """The child run `start_child_run(client of uri, *child, **options)` makes; FINISHED, or FAILED/KILLED when
+    the body raises.
+
+    MlflowClient, not the fluent API: Ray reuses worker processes, and a leftover active run would leak into the
+    next trial.
+    """
+    tracker = start_child_run(MlflowClient(tracking_uri=uri), *child, **options)
     status = "FAILED"
     try:
         yield tracker
@@ -166,5 +172,5 @@ def tracked_run(
     finally:
         tracker.log_metrics({"device_seconds": tracker.device_seconds()})
         tracker.flush()
-        client.set_terminated(run.info.run_id, status)
+        tracker.client.set_terminated(tracker.run_id, status)
 

@@ -98,12 +98,13 @@ class Store:
 
     def _parent(self, experiment_id: str, role: str, group: str) -> Run | None:
         query = f"tags.`{ROLE}` = '{role}' and tags.`{GROUP}` = '{group}'"
-        runs = self.client.search_runs([experiment_id], query, max_results=1)
+        runs = self.client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
-    def parent(self, experiment_id: str, role: str, group: str) -> str:
-        """The one parent run of (role, group), e.g. ("grid", "components"): reused and marked running again."""
-        found = self._parent(experiment_id, role, group)
+    def parent(self, experiment_id: str, role: str, group: str, reuse: bool = True) -> str:
+        """The parent run of (role, group), e.g. ("grid", "components"): the latest one, reused and marked running
+        again, or (`reuse=False`) a new one that later lookups find first."""
+        found = self._parent(experiment_id, role, group) if reuse else None
         if found is not None:
             self.client.update_run(found.info.run_id, status="RUNNING")
             return found.info.run_id

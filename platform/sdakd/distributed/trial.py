@@ -1,0 +1,64 @@
+"""A multi-worker search trial: `sdakd.search.trial.run_trial` on every Ray Train worker, inside a Tune trial.
+
+The Tune trial's function calls `tune_trial`, which runs a TorchTrainer and blocks until it ends. Each worker
+reports every stage end with `ray.train.report` (rank 0 attaches the stage checkpoint); Ray Tune's
+TuneReportCallback forwards rank 0's report to the Tune trial, where ASHA and Optuna see it as they see a
+1-worker trial's. A trial that Tune restores after a driver restart runs a trainer of the same name in the same
+storage: Ray Train finds the run and hands its workers the latest stage checkpoint.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.tune.integration.ray_train import TuneReportCallback  # imported by name: Ray does not re-export it
+
+from sdakd.config import ExperimentConfig, validate
+from sdakd.distributed.ddp import wrap_trainable
+from sdakd.distributed.train import make_trainer, prepare_shared_files, report_to_ray, with_absolute_paths
+from sdakd.search.trial import run_trial
+
+
+def trial_loop(config: dict[str, Any]) -> None:
+    """One worker of a trial: the prefix cache, stage reports and checkpoints as in a 1-worker trial."""
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    cfg = validate(config["config"], "the trial config sent to the Ray Train workers")
+    device = ray.train.torch.get_device()
+    prepare_shared_files(cfg, rank, device)
+    checkpoint = ray.train.get_checkpoint()  # a restarted worker group, or a trial restored by Tune
+    with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
+        resume = next(Path(folder).glob("*.pt")) if folder else None
+        run_trial(
+            cfg,
+            report_to_ray,
+            prefix_cache=config["prefix_cache"],
+            resume=resume,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            prepare=partial(wrap_trainable, device=device),
+            writer=rank == 0,
+        )
+
+
+def tune_trial(
+    cfg: ExperimentConfig,
+    *,
+    name: str,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    prefix_cache: bool,
+    default_storage: Path,
+) -> None:
+    """Train one trial on `workers` Ray Train workers, its reports going to the calling Tune trial.
+    `name` identifies the trial's Train run in the storage root (`default_storage` when none is configured)."""
+    cfg = with_absolute_paths(cfg, default_storage)
+    loop_config = {"config": cfg.to_dict(), "prefix_cache": prefix_cache}
+    callbacks = [TuneReportCallback()]
+    make_trainer(trial_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker, callbacks).fit()

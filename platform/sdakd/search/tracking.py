@@ -1,0 +1,80 @@
+"""A search in MLflow: a parent run per search, a child run per Tune trial, logged from the driver.
+
+The driver sees every trial's reports and how it ended (finished, stopped by ASHA, errored), wherever the trial
+ran, so it logs them: trials need no tracking code, and a trial killed with its node still gets its run closed.
+A resumed search (`--resume`) finds its parent and its trials' runs by tag and logs on into them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+from sdakd.config import ExperimentConfig, with_overrides
+from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest
+from sdakd.tracking.run import TrackedRun, start_child_run
+
+EXPERIMENT = "sdakd-searches"
+ROLE = "search"
+TRIAL_ID = "sdakd.ray_trial_id"
+# Per stage report, at step = the stage's number, beside the stage's eval metrics.
+PROGRESS = ("trained_iters", "prefix_stages")
+
+
+class TrialRuns(tune.Callback):
+    """Each Tune trial as an MLflow child run of the search's parent run."""
+
+    def __init__(
+        self, uri: str, experiment_id: str, parent: str, space: Space, base: ExperimentConfig, tags: dict[str, str]
+    ) -> None:
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent = parent
+        self.space = space
+        self.base = base
+        self.tags = tags
+        self.runs: dict[str, TrackedRun] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune snapshots its callbacks; clients and run handles stay here
+        return {k: v for k, v in self.__dict__.items() if k != "runs"} | {"runs": {}}
+
+    def run(self, trial: Any) -> TrackedRun:
+        """The trial's run: known, found under the parent (a resumed search), or created."""
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        client = MlflowClient(tracking_uri=self.uri)
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent}' and tags.`{TRIAL_ID}` = '{trial.trial_id}'"
+        found = client.search_runs([self.experiment_id], query, max_results=1)
+        if found:
+            tracker = TrackedRun(client, found[0].info.run_id)
+            client.update_run(tracker.run_id, status="RUNNING")
+        else:
+            cfg = with_overrides(self.base, Suggest.overrides(trial.config))
+            tags = self.tags | {TRIAL_ID: trial.trial_id, "sdakd.optuna_trial": trial.config.get(Suggest.TRIAL_KEY)}
+            tracker = start_child_run(client, self.experiment_id, self.parent, f"trial-{trial.trial_id}", cfg, tags)
+        self.runs[trial.trial_id] = tracker
+        return tracker
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        tracker = self.run(trial)
+        values = {f"eval/{k}": result[k] for k in OBJECTIVE_METRICS if k in result and k not in ("macs", "params")}
+        values |= {k: result[k] for k in PROGRESS}
+        tracker.log_metrics(values, step=result["stage_number"])
+        tracker.log_metrics({k: result[k] for k in ("macs", "params")})
+        tracker.flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tracker = self.run(trial)
+        final = bool((trial.last_result or {}).get("final"))
+        tracker.set_tags({"sdakd.stopped_early": not final})
+        tracker.client.set_terminated(tracker.run_id, "FINISHED" if final else "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tracker = self.run(trial)
+        tracker.client.set_terminated(tracker.run_id, "FAILED")
