@@ -72,7 +72,8 @@ def main() -> None:
 
     results = []
     for label, changes in (("cache_asha", {}), ("naive", {"scheduler": None, "prefix_cache": False})):
-        space, base = load_space(str(path), [f"run.cache_dir={out / 'cache'}", f"run.out_dir={out / label}"])
+        where = [f"run.cache_dir={out / 'cache'}", f"run.out_dir={out / label}", f"run.tracking_uri={out / 'mlflow.db'}"]
+        space, base = load_space(str(path), where)
         results.append(run(space.model_copy(update=changes), base, label))
         print(json.dumps(results[-1]), flush=True)
     economic, naive = results
