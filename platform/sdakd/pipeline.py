@@ -307,7 +307,8 @@ def build_experiment(
         checkpoint_dir=out_dir / "checkpoints",
         checkpoint_every=cfg.run.checkpoint_every,
         log_every=cfg.run.log_every,
-        evaluate=lambda: exp.validator.student(exp.engine.eval_generator()),
+        # rank 0 scores each stage; the other ranks' weights are the same, so their reports carry no scores
+        evaluate=(lambda: exp.validator.student(exp.engine.eval_generator())) if writer else None,
         callbacks=callbacks,
         writer=writer,
         metadata={"config": cfg.to_dict(), "config_hash": config_hash(cfg)},

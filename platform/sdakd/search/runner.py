@@ -147,7 +147,8 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
         grid = tuner.fit()
         summary = summarize(space, base, folder, grid)
         _fail_orphans(storage_db, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
-        store.log_files(parent, [folder / "trials.json", *(Path(t["file"]) for t in summary.best)])
+        store.log_files(parent, [folder / "trials.json"])
+        store.log_files(parent, [Path(t["file"]) for t in summary.best], "pareto" if len(space.objectives) > 1 else None)
         ok = not any(t["error"] for t in summary.trials)
     finally:
         store.close(parent, ok)
