@@ -24,6 +24,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 SEARCH_TRIALS = 6  # search_spaces/smoke.yaml's samples
 

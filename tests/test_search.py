@@ -177,7 +177,8 @@ def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cac
     parent = Store(tracking).find_parent(EXPERIMENT, ROLE, str(out / "tune"))
     assert client.get_run(parent).info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent)} == {"trials.json", "best.yaml"}
-    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'")
+    experiment_id = client.get_run(parent).info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'")
     by_trial = {r.data.tags["sdakd.ray_trial_id"]: r for r in children}
     assert set(by_trial) == {t["trial_id"] for t in trials}
     for trial in trials:
@@ -187,6 +188,8 @@ def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cac
         assert run.data.metrics["eval/psnr_y"] == pytest.approx(trial["metrics"]["psnr_y"])
         stages = client.get_metric_history(run.info.run_id, "eval/psnr_y")
         assert [m.step for m in stages] == list(range(1, len(stages) + 1))
+        pictures = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
+        assert pictures == (["plots/samples.png"] if trial["final"] else [])
     print(f"smoke search: {time.monotonic() - started:.0f} s, {len(stopped)} of {len(trials)} stopped by ASHA")
 
 
@@ -248,7 +251,9 @@ resources: {{cpu: 0.95, workers: 2}}  # 2 x 0.95 + the trial function's 0.01: al
 
 
 @pytest.mark.timeout(480)
-def test_multi_worker_trials_report_through_ray_train_and_free_their_workers(cluster, cache, tmp_path, capsys):
+def test_multi_worker_trials_report_through_ray_train_and_free_their_workers(
+    cluster, cache, tracking, tmp_path, capsys
+):
     """Each trial a TorchTrainer of 2 workers (all the CPUs there are): a trial ASHA stops must hand its workers'
     placement group back before the next trial's trainer asks for the same CPUs, or that trial times out."""
     smoke = load_space("smoke")[0].base.overrides | {"stages.s1.iters": 4}  # its own prefixes: really trained
@@ -265,6 +270,11 @@ def test_multi_worker_trials_report_through_ray_train_and_free_their_workers(clu
     stopped = [t for t in trials if not t["final"]]
     assert finished and stopped, printed  # ASHA stopped one, and the trial after it still got its workers
     assert all(t["metrics"]["stage"] == "s3" and t["metrics"]["trained_iters"] > 0 for t in finished)
+    client = MlflowClient(tracking_uri=tracking)  # rank 0 of a finished trial logged its samples
+    search = client.get_run(Store(tracking).find_parent(EXPERIMENT, ROLE, str(out / "tune")))
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{search.info.run_id}' and attributes.status = 'FINISHED'"
+    [done] = client.search_runs([search.info.experiment_id], query)
+    assert [a.path for a in client.list_artifacts(done.info.run_id, "plots")] == ["plots/samples.png"]
     deadline = time.monotonic() + 30
     while any(pg["state"] != "REMOVED" for pg in placement_group_table().values()) and time.monotonic() < deadline:
         time.sleep(1)

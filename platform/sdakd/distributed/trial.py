@@ -12,12 +12,13 @@ from __future__ import annotations
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray.train
 from ray.tune.integration.ray_train import TuneReportCallback  # imported by name: Ray does not re-export it
 
 from sdakd.config import ExperimentConfig, validate
+from sdakd.pipeline import Experiment
 from sdakd.distributed.ddp import wrap_trainable
 from sdakd.distributed.train import make_trainer, prepare_shared_files, report_to_ray, with_absolute_paths
 from sdakd.search.trial import run_trial
@@ -33,7 +34,7 @@ def trial_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # a restarted worker group, or a trial restored by Tune
     with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
         resume = next(Path(folder).glob("*.pt")) if folder else None
-        run_trial(
+        exp = run_trial(
             cfg,
             report_to_ray,
             prefix_cache=config["prefix_cache"],
@@ -44,6 +45,8 @@ def trial_loop(config: dict[str, Any]) -> None:
             prepare=partial(wrap_trainable, device=device),
             writer=rank == 0,
         )
+    if rank == 0:
+        config["when_done"](exp)
 
 
 def tune_trial(
@@ -55,10 +58,12 @@ def tune_trial(
     gpus_per_worker: float,
     prefix_cache: bool,
     default_storage: Path,
+    when_done: Callable[[Experiment], None],
 ) -> None:
-    """Train one trial on `workers` Ray Train workers, its reports going to the calling Tune trial.
-    `name` identifies the trial's Train run in the storage root (`default_storage` when none is configured)."""
+    """Train one trial on `workers` Ray Train workers, its reports going to the calling Tune trial; rank 0 calls
+    `when_done` (pickled) with its experiment after the last stage. `name` identifies the trial's Train run in the
+    storage root (`default_storage` when none is configured)."""
     cfg = with_absolute_paths(cfg, default_storage)
-    loop_config = {"config": cfg.to_dict(), "prefix_cache": prefix_cache}
+    loop_config = {"config": cfg.to_dict(), "prefix_cache": prefix_cache, "when_done": when_done}
     callbacks = [TuneReportCallback()]
     make_trainer(trial_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker, callbacks).fit()

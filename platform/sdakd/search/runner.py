@@ -47,7 +47,7 @@ from sdakd.distributed import connect, tune_trial
 from sdakd.errors import SdakdError
 from sdakd.pipeline import build_teacher, ensure_dataset, resolve_device
 from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest, load_space
-from sdakd.search.tracking import EXPERIMENT, ROLE, TrialRuns
+from sdakd.search.tracking import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_samples
 from sdakd.search.trial import run_trial
 from sdakd.tracking.store import Store, git_tags, resolve_uri
 
@@ -115,9 +115,17 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
     connect(dashboard=nested)
     experiment_id = store.experiment(EXPERIMENT)
     parent = store.parent(experiment_id, ROLE, experiment, reuse=resume)
-    runs = TrialRuns(store.uri, experiment_id, parent, space, base, git_tags() | {"sdakd.search": space.name})
+    search_run = SearchRun(store.uri, experiment_id, parent)
+    runs = TrialRuns(search_run, space, base, git_tags() | {"sdakd.search": space.name})
+    trial = partial(
+        _trial,
+        base=base.to_dict(),
+        prefix_cache=space.prefix_cache,
+        resources=space.resources.model_dump(),
+        search_run=search_run,
+    )
     trainable = tune.with_resources(
-        partial(_trial, base=base.to_dict(), prefix_cache=space.prefix_cache, resources=space.resources.model_dump()),
+        trial,
         {"cpu": NESTED_TRIAL_CPU} if nested else {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
     )
     storage_db = f"sqlite:///{folder / 'optuna.db'}"
@@ -148,7 +156,8 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
         summary = summarize(space, base, folder, grid)
         _fail_orphans(storage_db, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
         store.log_files(parent, [folder / "trials.json"])
-        store.log_files(parent, [Path(t["file"]) for t in summary.best], "pareto" if len(space.objectives) > 1 else None)
+        best_folder = "pareto" if len(space.objectives) > 1 else None
+        store.log_files(parent, [Path(t["file"]) for t in summary.best], best_folder)
         ok = not any(t["error"] for t in summary.trials)
     finally:
         store.close(parent, ok)
@@ -197,25 +206,35 @@ def _scheduler(space: Space, base: ExperimentConfig) -> ASHAScheduler | None:
 # ---------------------------------------------------------------- inside a trial (a Ray actor)
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], prefix_cache: bool, resources: dict[str, Any]) -> None:
+def _trial(
+    params: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    prefix_cache: bool,
+    resources: dict[str, Any],
+    search_run: SearchRun,
+) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(validate(base), Suggest.overrides(params) | {"run.out_dir": str(trial_dir / "run")})
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stage checkpoint
     if resources["workers"] > 1:
         tune_trial(
             cfg,
-            name=f"trial-{tune.get_context().get_trial_id()}",
+            name=f"trial-{trial_id}",
             workers=resources["workers"],
             cpus_per_worker=resources["cpu"],
             gpus_per_worker=resources["gpu"],
             prefix_cache=prefix_cache,
             default_storage=trial_dir / "train",
+            when_done=partial(log_samples, search_run, trial_id),
         )
         return
     checkpoint = tune.get_checkpoint()
     resume = Path(checkpoint.to_directory()) / STATE_FILE if checkpoint else None
     torch.set_num_threads(max(1, int(resources["cpu"])))
-    run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume)
+    exp = run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume)
+    log_samples(search_run, trial_id, exp)  # reached only when ASHA let it train all its stages
 
 
 def _report(metrics: dict[str, Any], state_file: Path | None) -> None:

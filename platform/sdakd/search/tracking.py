@@ -1,12 +1,14 @@
 """A search in MLflow: a parent run per search, a child run per Tune trial, logged from the driver.
 
 The driver sees every trial's reports and how it ended (finished, stopped by ASHA, errored), wherever the trial
-ran, so it logs them: trials need no tracking code, and a trial killed with its node still gets its run closed.
-A resumed search (`--resume`) finds its parent and its trials' runs by tag and logs on into them.
+ran, so it logs them: a trial killed with its node still gets its run closed. A resumed search (`--resume`) finds
+its parent and its trials' runs by tag and logs on into them. Only pictures need the trained nets: a trial that
+trains all its stages attaches its sample grid itself (`log_samples`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -15,6 +17,7 @@ from ray import tune
 
 from sdakd.config import ExperimentConfig, with_overrides
 from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest
+from sdakd.tracking import plots
 from sdakd.tracking.run import TrackedRun, start_child_run
 
 EXPERIMENT = "sdakd-searches"
@@ -24,15 +27,35 @@ TRIAL_ID = "sdakd.ray_trial_id"
 PROGRESS = ("trained_iters", "prefix_stages")
 
 
+@dataclass(frozen=True)
+class SearchRun:
+    """Where a search's runs live; picklable, so trials get it too."""
+
+    uri: str
+    experiment_id: str
+    parent: str
+
+    def trial_run(self, client: MlflowClient, trial_id: str) -> str | None:
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent}' and tags.`{TRIAL_ID}` = '{trial_id}'"
+        found = client.search_runs([self.experiment_id], query, max_results=1)
+        return found[0].info.run_id if found else None
+
+
+def log_samples(search: SearchRun, trial_id: str, exp: Any) -> None:
+    """In a trial that trained all its stages: its sample grid (LR | bicubic | student | teacher | GT) on its run."""
+    client = MlflowClient(tracking_uri=search.uri)
+    run_id = search.trial_run(client, trial_id)  # the driver made it when the trial started
+    if run_id is None:
+        print(f"trial {trial_id} has no MLflow run under {search.parent}: its sample grid is not logged", flush=True)
+        return
+    client.log_artifact(run_id, str(plots.sample_grid(exp, exp.out_dir / "samples.png")), "plots")
+
+
 class TrialRuns(tune.Callback):
     """Each Tune trial as an MLflow child run of the search's parent run."""
 
-    def __init__(
-        self, uri: str, experiment_id: str, parent: str, space: Space, base: ExperimentConfig, tags: dict[str, str]
-    ) -> None:
-        self.uri = uri
-        self.experiment_id = experiment_id
-        self.parent = parent
+    def __init__(self, search: SearchRun, space: Space, base: ExperimentConfig, tags: dict[str, str]) -> None:
+        self.search = search
         self.space = space
         self.base = base
         self.tags = tags
@@ -45,16 +68,16 @@ class TrialRuns(tune.Callback):
         """The trial's run: known, found under the parent (a resumed search), or created."""
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
-        client = MlflowClient(tracking_uri=self.uri)
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent}' and tags.`{TRIAL_ID}` = '{trial.trial_id}'"
-        found = client.search_runs([self.experiment_id], query, max_results=1)
+        client = MlflowClient(tracking_uri=self.search.uri)
+        found = self.search.trial_run(client, trial.trial_id)
         if found:
-            tracker = TrackedRun(client, found[0].info.run_id)
+            tracker = TrackedRun(client, found)
             client.update_run(tracker.run_id, status="RUNNING")
         else:
             cfg = with_overrides(self.base, Suggest.overrides(trial.config))
             tags = self.tags | {TRIAL_ID: trial.trial_id, "sdakd.optuna_trial": trial.config.get(Suggest.TRIAL_KEY)}
-            tracker = start_child_run(client, self.experiment_id, self.parent, f"trial-{trial.trial_id}", cfg, tags)
+            search = self.search
+            tracker = start_child_run(client, search.experiment_id, search.parent, f"trial-{trial.trial_id}", cfg, tags)
         self.runs[trial.trial_id] = tracker
         return tracker
 
