@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +92,9 @@ def cluster(tmp_path):
     )
     env.pop("RAY_ADDRESS", None)
     (tmp_path / "mlflow").mkdir()
+    # Ray's own folder for this cluster: `ray start` records its address there, where a later ray.init() of this
+    # test session does not look (it would join this cluster, gone by then). Short: it holds Unix sockets.
+    ray_temp = Path(tempfile.mkdtemp(prefix="sdakd-ray-", dir="/tmp"))
     started = []
     try:
         mlflow_log = tmp_path / "mlflow.log"
@@ -104,7 +109,7 @@ def cluster(tmp_path):
         head = subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=2",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
-             "--disable-usage-stats"],
+             "--disable-usage-stats", f"--temp-dir={ray_temp}"],
             env=env, cwd=tmp_path, stdout=ray_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         started.append(head)
@@ -115,6 +120,7 @@ def cluster(tmp_path):
     finally:
         for process in reversed(started):
             stop_tree(process)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def submit(env: dict, dashboard: str, cwd: Path, *command: str) -> str:

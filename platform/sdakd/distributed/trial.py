@@ -34,7 +34,7 @@ def trial_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # a restarted worker group, or a trial restored by Tune
     with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
         resume = next(Path(folder).glob("*.pt")) if folder else None
-        exp = run_trial(
+        run_trial(
             cfg,
             report_to_ray,
             prefix_cache=config["prefix_cache"],
@@ -43,10 +43,9 @@ def trial_loop(config: dict[str, Any]) -> None:
             world_size=world_size,
             device=device,
             prepare=partial(wrap_trainable, device=device),
+            on_final=config["on_final"],
             writer=rank == 0,
         )
-    if rank == 0:
-        config["when_done"](exp)
 
 
 def tune_trial(
@@ -58,12 +57,12 @@ def tune_trial(
     gpus_per_worker: float,
     prefix_cache: bool,
     default_storage: Path,
-    when_done: Callable[[Experiment], None],
+    on_final: Callable[[Experiment], None],
 ) -> None:
     """Train one trial on `workers` Ray Train workers, its reports going to the calling Tune trial; rank 0 calls
-    `when_done` (pickled) with its experiment after the last stage. `name` identifies the trial's Train run in the
-    storage root (`default_storage` when none is configured)."""
+    `on_final` (pickled) as `run_trial` does. `name` identifies the trial's Train run in the storage root
+    (`default_storage` when none is configured)."""
     cfg = with_absolute_paths(cfg, default_storage)
-    loop_config = {"config": cfg.to_dict(), "prefix_cache": prefix_cache, "when_done": when_done}
+    loop_config = {"config": cfg.to_dict(), "prefix_cache": prefix_cache, "on_final": on_final}
     callbacks = [TuneReportCallback()]
     make_trainer(trial_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker, callbacks).fit()

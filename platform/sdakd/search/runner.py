@@ -218,6 +218,7 @@ def _trial(
     trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(validate(base), Suggest.overrides(params) | {"run.out_dir": str(trial_dir / "run")})
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stage checkpoint
+    samples = partial(log_samples, search_run, trial_id)  # a trial that trains all its stages shows its pictures
     if resources["workers"] > 1:
         tune_trial(
             cfg,
@@ -227,14 +228,13 @@ def _trial(
             gpus_per_worker=resources["gpu"],
             prefix_cache=prefix_cache,
             default_storage=trial_dir / "train",
-            when_done=partial(log_samples, search_run, trial_id),
+            on_final=samples,
         )
         return
     checkpoint = tune.get_checkpoint()
     resume = Path(checkpoint.to_directory()) / STATE_FILE if checkpoint else None
     torch.set_num_threads(max(1, int(resources["cpu"])))
-    exp = run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume)
-    log_samples(search_run, trial_id, exp)  # reached only when ASHA let it train all its stages
+    run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume, on_final=samples)
 
 
 def _report(metrics: dict[str, Any], state_file: Path | None) -> None:

@@ -34,10 +34,17 @@ def key_context(exp: Experiment) -> dict[str, Any]:
 class StageReports(Callbacks):
     """Stores each finished stage in the prefix cache, then reports it."""
 
-    def __init__(self, report: Report, cache: PrefixCache | None, writer: bool = True) -> None:
+    def __init__(
+        self,
+        report: Report,
+        cache: PrefixCache | None,
+        writer: bool = True,
+        on_final: Callable[[Experiment], None] | None = None,
+    ) -> None:
         self.report = report
         self.cache = cache
         self.writer = writer  # under Ray Train, rank 0 alone stores stages and hands over their checkpoints
+        self.on_final = on_final
         self.prefix_stages = 0
         self.start_step = 0
 
@@ -54,7 +61,14 @@ class StageReports(Callbacks):
         if self.writer and self.cache is not None and not self.cache.path(self.keys[index]).is_file():
             self.cache.store(self.keys[index], engine.state_dict(), changed_nets(engine.method.nets, self.initial))
         state_file = self.exp.out_dir / "checkpoints" / f"{stage.name}.pt"
-        self.report(self.payload(index, metrics), state_file if self.writer and state_file.is_file() else None)
+        self.send(index, metrics, state_file if self.writer and state_file.is_file() else None)
+
+    def send(self, index: int, metrics: Mapping[str, float], state_file: Path | None) -> None:
+        payload = self.payload(index, metrics)
+        # before the last report: a scheduler may end the trial inside that very call
+        if payload["final"] and self.writer and self.on_final is not None:
+            self.on_final(self.exp)
+        self.report(payload, state_file)
 
     def payload(self, index: int, metrics: Mapping[str, float]) -> dict[str, Any]:
         engine = self.exp.engine
@@ -78,11 +92,14 @@ def run_trial(
     *,
     prefix_cache: bool = True,
     resume: Path | None = None,
+    on_final: Callable[[Experiment], None] | None = None,
     **build: Any,
 ) -> Experiment:
     """Train `cfg` through all its stages, reporting each; `resume` is a stage checkpoint of this same trial.
+    `on_final(exp)` runs (on the writing rank) once the last stage is trained, before its report.
     `build` goes to `build_experiment` (a Ray Train worker passes its rank, device, DDP wrapper, writer)."""
-    reports = StageReports(report, PrefixCache(cfg.run.cache_dir) if prefix_cache else None, build.get("writer", True))
+    cache = PrefixCache(cfg.run.cache_dir) if prefix_cache else None
+    reports = StageReports(report, cache, build.get("writer", True), on_final)
     exp = build_experiment(cfg, callbacks=[reports], **build)
     reports.attach(exp)
     engine = exp.engine
@@ -93,6 +110,6 @@ def run_trial(
     reports.start_step = engine.global_step()
     for index, stage in enumerate(engine.stages[: reports.prefix_stages]):
         if stage.iters:  # schedulers count one report per trained stage, cached or not
-            report(reports.payload(index, engine.history[stage.name]), None)
+            reports.send(index, engine.history[stage.name], None)
     engine.run()
     return exp
