@@ -66,7 +66,7 @@ def main() -> None:
     path = out / "economy.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     # Ray, the dataset and the teacher are set up once, outside both timings.
-    ray.init(num_cpus=spec["concurrency"], include_dashboard=False)
+    ray.init(address="local", num_cpus=spec["concurrency"], include_dashboard=False)
     _, base = load_space(str(path), [f"run.cache_dir={out / 'cache'}"])
     build_teacher(base, ensure_dataset(base), resolve_device(base.run.device))
 

@@ -140,7 +140,7 @@ def main() -> None:
     data = ensure_dataset(cfg)
     build_teacher(cfg, data, torch.device("cpu"))  # once, outside every measured run
     started = time.time()
-    ray.init(num_cpus=max(4, 2 * args.threads), include_dashboard=False)
+    ray.init(address="local", num_cpus=max(4, 2 * args.threads), include_dashboard=False)
     print(f"ray.init: {time.time() - started:.1f} s", flush=True)
 
     turn_file, total = workdir / "turn", 3 * per_stage

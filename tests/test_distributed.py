@@ -49,7 +49,7 @@ def local_ray():
     if ray.is_initialized():  # another module's cluster: use it, leave it
         yield
         return
-    ray.init(num_cpus=4, include_dashboard=False)  # 2 workers of 1 CPU, and room for Ray's own actors
+    ray.init(address="local", num_cpus=4, include_dashboard=False)  # 2 workers of 1 CPU + room for Ray's actors
     yield
     ray.shutdown()
 

@@ -49,7 +49,7 @@ def tracking(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=True)  # the State API, by which Ray Train frees stopped trials' workers
+    ray.init(address="local", num_cpus=2, include_dashboard=True)  # the State API frees stopped trials' workers
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

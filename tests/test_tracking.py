@@ -81,7 +81,7 @@ def store(tmp_path_factory):
         mp.chdir(root)
         mp.delenv("SDAKD_TRACKING_URI", raising=False)
         if started_ray:  # one Ray for every `ablate` here: its warm workers skip the imports on each rerun
-            ray.init(include_dashboard=False)
+            ray.init(address="local", include_dashboard=False)
         try:
             code, out = cli("ablate", "smoke")
             assert code == 0, out
