@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sdakd.config import config_hash, load_config, preset_names, with_overrides
+from sdakd.config import absolute_paths, config_hash, load_config, preset_names, with_overrides
 from sdakd.errors import SdakdError
 
 
@@ -70,3 +70,14 @@ def test_config_file_may_name_its_preset(tmp_path: Path):
     path.write_text("stages: [1, 2]\n")
     with pytest.raises(SdakdError, match=str(path)):
         load_config(path=path)
+
+
+def test_absolute_paths_resolves_every_path_field_from_the_working_directory(tmp_path, monkeypatch):
+    """What search trials and grid cells get: Tune runs them in other folders than the command's."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("tiny", overrides=["teacher.weights=weights/teacher.pth", "data.root=shards"])
+    out = absolute_paths(cfg)
+    assert out.teacher.weights == tmp_path / "weights" / "teacher.pth"
+    assert out.data.root == tmp_path / "shards"
+    assert out.run.cache_dir == tmp_path / cfg.run.cache_dir
+    assert absolute_paths(out) == out

@@ -414,5 +414,41 @@ def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> Exper
     return validate(data, "overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
 
 
+class Base(Frozen):
+    """The base config of a search space or an ablation grid: a preset and/or a config file, then overrides."""
+
+    preset: str | None = None
+    config: Path | None = Field(None, description="a config YAML, relative to the space or grid file")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted.path: value")
+
+
+def base_config(base: Base, path: Path, kind: str, overrides: Mapping[str, Any] = {}) -> ExperimentConfig:
+    """`base` of the `kind` file at `path` ("search space", "ablation grid"), with `overrides` (from --set) last;
+    a bad field fails naming the file."""
+    if base.preset is None and base.config is None:
+        raise SdakdError(f"{kind} {path}: base needs a preset or a config file")
+    cfg = load_config(base.preset, path.parent / base.config if base.config is not None else None)
+    changes = dict(base.overrides) | dict(overrides)
+    try:
+        return with_overrides(cfg, changes) if changes else cfg
+    except SdakdError as err:
+        raise SdakdError(f"{kind} {path}: base.overrides / --set: {err}") from None
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Every path field made absolute (from the working directory): Ray workers and Tune trials run elsewhere."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value.expanduser().absolute()
+        if isinstance(value, dict):
+            return {key: absolute(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(absolute(item) for item in value)
+        return value
+
+    return validate(absolute(cfg.model_dump()), "the config with absolute paths")  # python mode keeps Path types
+
+
 def dump_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -129,6 +129,13 @@ def build_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) ->
     return Teacher(g, d, identity=f"pretrain-{key}", source="pretrained-here").to(device)
 
 
+def shared_inputs(cfg: ExperimentConfig, device: torch.device) -> tuple[Dataset, Teacher | None]:
+    """The dataset and, for a method that distils from one, the teacher: built into the caches on first use (the
+    bundled shards, a pretrained teacher), loaded from them afterwards."""
+    data = ensure_dataset(cfg)
+    return data, build_teacher(cfg, data, device) if METHODS.get(cfg.method).uses_teacher else None
+
+
 def pretrain_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device, path: Path) -> dict[str, Any]:
     """Train the teacher G (L1 + perceptual), then its D on GT vs the frozen teacher's output; cache both."""
     p = cfg.teacher.pretrain
@@ -283,8 +290,7 @@ def build_experiment(
     device = device or resolve_device(cfg.run.device)
     method_cls = METHODS.get(cfg.method)
     started = time.perf_counter()
-    data = ensure_dataset(cfg)
-    teacher = build_teacher(cfg, data, device) if method_cls.uses_teacher else None
+    data, teacher = shared_inputs(cfg, device)
     torch.manual_seed(cfg.seed)  # student init depends on the seed alone, not on what ran before
     method = method_cls(cfg, teacher).to(device)
     if cfg.optim.channels_last and device.type == "cuda":
@@ -370,6 +376,22 @@ def check_resumable(cfg: ExperimentConfig, path: Path) -> None:
         )
 
 
+def run_stages(exp: Experiment) -> None:
+    """Train the stages left from the engine's position, timing them."""
+    started = time.perf_counter()
+    exp.engine.run()
+    exp.timings["train_s"] = time.perf_counter() - started
+
+
+def save_results(exp: Experiment, **info: Any) -> dict[str, Any]:
+    """The final metrics (with `info` added to theirs), written beside the EMA student's weights."""
+    metrics = final_metrics(exp)
+    metrics["info"] |= info
+    torch.save(exp.engine.eval_generator().state_dict(), exp.out_dir / "student.pt")
+    (exp.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -391,12 +413,8 @@ def run_experiment(
     if path is not None:
         exp.engine.resume(path)
         print(f"resumed from {path} at global step {exp.engine.global_step()}", flush=True)
-    started = time.perf_counter()
-    exp.engine.run()
-    exp.timings["train_s"] = time.perf_counter() - started
-    metrics = final_metrics(exp)
-    torch.save(exp.engine.eval_generator().state_dict(), exp.out_dir / "student.pt")
-    (exp.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    run_stages(exp)
+    metrics = save_results(exp)
     if on_done is not None:
         on_done(exp, metrics)
     return metrics

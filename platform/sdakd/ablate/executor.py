@@ -7,8 +7,6 @@ before Ray starts: concurrent cells then only read the caches instead of pretrai
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,7 +14,7 @@ from typing import Any, Sequence
 from sdakd.ablate.grid import EXPERIMENT, ROLE, Cell, load_grid
 from sdakd.ablate.report import report
 from sdakd.config import storage_root, with_overrides
-from sdakd.engine.checkpoint import LAST
+from sdakd.engine.checkpoint import LAST, linked_folder
 from sdakd.tracking.run import tracked_run
 from sdakd.tracking.store import CELL_KEY, Store, git_tags, resolve_uri
 
@@ -124,7 +122,5 @@ def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, A
         metrics = run_experiment(cell.cfg, callbacks=[tracker], on_done=tracker.on_done, command=command)
     # The node's run folder may not outlive it: Tune copies the final training state and the student to storage.
     out = cell.cfg.run.out_dir
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tune-report-") as folder:
-        for path in (out / "checkpoints" / LAST, out / "student.pt"):
-            os.link(path, Path(folder) / path.name)
+    with linked_folder(out / "checkpoints" / LAST, out / "student.pt") as folder:
         tune.report({"psnr_y": metrics["student"]["psnr_y"]}, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from sdakd.config import (
+    Base,
     ExperimentConfig,
+    absolute_paths,
+    Frozen,
+    base_config,
     config_hash,
     identity_dict,
-    load_config,
     load_project_yaml,
     stable_hash,
     with_overrides,
@@ -29,16 +32,6 @@ GRIDS_DIR = "ablations"
 # In MLflow: every grid is a parent run tagged (role "grid", group NAME) in this one experiment.
 EXPERIMENT = "sdakd-ablations"
 ROLE = "grid"
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Base(Frozen):
-    preset: str | None = None
-    config: Path | None = Field(None, description="a config YAML, relative to the grid file")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted.path: value")
 
 
 class Grid(Frozen):
@@ -78,16 +71,8 @@ def load_grid(name: str, seeds: Sequence[int] | None = None) -> tuple[Grid, list
     return grid, expand(grid, path, seeds or grid.seeds)
 
 
-def base_config(grid: Grid, path: Path) -> ExperimentConfig:
-    b = grid.base
-    if b.preset is None and b.config is None:
-        raise SdakdError(f"ablation grid {path}: base needs a preset or a config file")
-    cfg = load_config(b.preset, path.parent / b.config if b.config else None)
-    return _apply(cfg, b.overrides, f"ablation grid {path}: base.overrides")
-
-
 def expand(grid: Grid, path: Path, seeds: Sequence[int]) -> list[Cell]:
-    base = base_config(grid, path)
+    base = base_config(grid.base, path, "ablation grid")
     for method in grid.baselines:
         if method not in METHODS:
             raise SdakdError(
@@ -101,7 +86,8 @@ def expand(grid: Grid, path: Path, seeds: Sequence[int]) -> list[Cell]:
     for seed in seeds:
         for name, kind, overrides in entries:
             where = f"ablation grid {path}: {kind}s.{name}"
-            cells.append(Cell(name, kind, _apply(base, overrides | {"seed": seed}, where)))
+            # absolute paths (weights, data) before the hash: Tune runs each cell in its own folder
+            cells.append(Cell(name, kind, absolute_paths(_apply(base, overrides | {"seed": seed}, where))))
     seen: dict[str, str] = {}
     for cell in cells:
         twin = seen.setdefault(cell.hash, cell.run_name)

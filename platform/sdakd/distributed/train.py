@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
-import os
 import shlex
 import sys
-import tempfile
-import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -26,39 +23,30 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from sdakd.config import ExperimentConfig, storage_root, validate, with_overrides
+from sdakd.config import ExperimentConfig, absolute_paths, storage_root, validate, with_overrides
 from sdakd.distributed.ddp import wrap_trainable
 from sdakd.distributed.faults import FailOnce, fault_from_env
 from sdakd.engine import Callbacks, Position, Stage, unwrap
+from sdakd.engine.checkpoint import linked_folder
 from sdakd.errors import SdakdError
-from sdakd.methods import METHODS
 from sdakd.pipeline import (
     ConsoleProgress,
     Experiment,
     build_experiment,
-    build_teacher,
-    ensure_dataset,
-    final_metrics,
+    check_resumable,
     out_dir_for,
+    run_stages,
+    save_results,
+    shared_inputs,
     write_run_files,
 )
+
 
 def with_absolute_paths(cfg: ExperimentConfig, default_storage: Path = Path("ray_results")) -> ExperimentConfig:
     """Every path absolute, the run folder and the Ray storage filled in: workers start in other folders than
     the driver (on other nodes, too: there these paths must name shared storage)."""
     storage = storage_root(cfg) or str(default_storage.absolute())
-    cfg = with_overrides(cfg, {"run.out_dir": str(out_dir_for(cfg)), "run.storage_path": storage})
-
-    def absolute(value: Any) -> Any:
-        if isinstance(value, Path):
-            return value.expanduser().absolute()
-        if isinstance(value, dict):
-            return {key: absolute(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(absolute(item) for item in value)
-        return value
-
-    return validate(absolute(cfg.model_dump()), "the config with absolute paths")  # python mode keeps Path types
+    return absolute_paths(with_overrides(cfg, {"run.out_dir": str(out_dir_for(cfg)), "run.storage_path": storage}))
 
 
 class RayReport(Callbacks):
@@ -95,9 +83,7 @@ def report_to_ray(metrics: dict[str, Any], path: Path | None) -> None:
     if path is None:
         ray.train.report(metrics)
         return
-    # Ray persists a folder: give it this checkpoint alone (not the stage copies beside it), by a link
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ray-report-") as folder:
-        os.link(path, Path(folder) / path.name)
+    with linked_folder(path) as folder:  # this checkpoint alone, not the stage copies beside it
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -105,9 +91,7 @@ def prepare_shared_files(cfg: ExperimentConfig, rank: int, device: torch.device)
     """Rank 0 builds the bundled dataset and pretrains the teacher into the cache while the others wait: builds
     on several ranks at once would race on the same files. The others then load what rank 0 wrote."""
     if rank == 0:
-        data = ensure_dataset(cfg)
-        if METHODS.get(cfg.method).uses_teacher:
-            build_teacher(cfg, data, device)
+        shared_inputs(cfg, device)
     dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -122,28 +106,46 @@ def ranks_agree(exp: Experiment) -> bool:
     return len(set(digests)) == 1
 
 
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in the worker group, and the config it was sent."""
+
+    rank: int
+    world_size: int
+    cfg: ExperimentConfig
+    device: torch.device
+
+    @classmethod
+    def start(cls, config: dict[str, Any]) -> Worker:
+        """Read the group and the config; with several workers, wait until rank 0 has the shared files ready."""
+        context = ray.train.get_context()
+        cfg = validate(config["config"], "the config sent to the Ray Train workers")
+        worker = cls(context.get_world_rank(), context.get_world_size(), cfg, ray.train.torch.get_device())
+        if worker.world_size > 1:
+            prepare_shared_files(cfg, worker.rank, worker.device)
+        return worker
+
+    def build_options(self) -> dict[str, Any]:
+        """`build_experiment`'s arguments for this worker: its batch slice, device, DDP and whether it writes."""
+        return {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "device": self.device,
+            # one worker has no grads to average: it runs the nets bare, as the local path does
+            "prepare": partial(wrap_trainable, device=self.device) if self.world_size > 1 else None,
+            "writer": self.rank == 0,
+        }
+
+
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """One Ray Train worker; returns the final metrics on rank 0 (Ray hands them to the driver)."""
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    cfg = validate(config["config"], "the config sent to the Ray Train workers")
-    device = ray.train.torch.get_device()
+    worker = Worker.start(config)
+    rank, world_size = worker.rank, worker.world_size
     callbacks: list[Callbacks] = [ConsoleProgress(prefix=f"rank 0/{world_size} ")] if rank == 0 else []
     callbacks += [*config["callbacks"], RayReport()]
     if config["fault"] and rank == world_size - 1:
         callbacks.append(FailOnce(**config["fault"]))
-    if world_size > 1:
-        prepare_shared_files(cfg, rank, device)
-    exp = build_experiment(
-        cfg,
-        rank=rank,
-        world_size=world_size,
-        device=device,
-        # one worker has no grads to average: it runs the nets bare, as the local path does
-        prepare=partial(wrap_trainable, device=device) if world_size > 1 else None,
-        callbacks=callbacks,
-        writer=rank == 0,
-    )
+    exp = build_experiment(worker.cfg, callbacks=callbacks, **worker.build_options())
     if rank == 0:
         write_run_files(exp, config["command"])
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the worker group after a failure
@@ -154,17 +156,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         exp.engine.resume(Path(config["resume"]))
     if rank == 0 and exp.engine.global_step():
         print(f"resumed at global step {exp.engine.global_step()}", flush=True)
-    started = time.perf_counter()
-    exp.engine.run()
-    exp.timings["train_s"] = time.perf_counter() - started
+    run_stages(exp)
     agree = ranks_agree(exp) if world_size > 1 else True
     if rank != 0:
         return None
-    metrics = final_metrics(exp)
-    metrics["info"] |= {"workers": world_size, "ranks_agree": agree}
-    torch.save(exp.engine.eval_generator().state_dict(), exp.out_dir / "student.pt")
-    (exp.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return save_results(exp, workers=world_size, ranks_agree=agree)
 
 
 def train_distributed(
@@ -191,6 +187,8 @@ def train_distributed(
     out_dir = cfg.run.out_dir
     if resume is True:
         resume = out_dir / "checkpoints"
+    if resume:
+        check_resumable(cfg, Path(resume))  # before Ray starts: a checkpoint of other networks fails here
     loop_config = {
         "config": cfg.to_dict(),
         "resume": str(Path(resume).absolute()) if resume else None,

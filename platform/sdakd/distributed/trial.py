@@ -10,41 +10,31 @@ storage: Ray Train finds the run and hands its workers the latest stage checkpoi
 from __future__ import annotations
 
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import ray.train
 from ray.tune.integration.ray_train import TuneReportCallback  # imported by name: Ray does not re-export it
 
-from sdakd.config import ExperimentConfig, validate
+from sdakd.config import ExperimentConfig
+from sdakd.distributed.train import Worker, make_trainer, report_to_ray, with_absolute_paths
 from sdakd.pipeline import Experiment
-from sdakd.distributed.ddp import wrap_trainable
-from sdakd.distributed.train import make_trainer, prepare_shared_files, report_to_ray, with_absolute_paths
 from sdakd.search.trial import run_trial
 
 
 def trial_loop(config: dict[str, Any]) -> None:
     """One worker of a trial: the prefix cache, stage reports and checkpoints as in a 1-worker trial."""
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    cfg = validate(config["config"], "the trial config sent to the Ray Train workers")
-    device = ray.train.torch.get_device()
-    prepare_shared_files(cfg, rank, device)
+    worker = Worker.start(config)
     checkpoint = ray.train.get_checkpoint()  # a restarted worker group, or a trial restored by Tune
     with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
         resume = next(Path(folder).glob("*.pt")) if folder else None
         run_trial(
-            cfg,
+            worker.cfg,
             report_to_ray,
             prefix_cache=config["prefix_cache"],
             resume=resume,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            prepare=partial(wrap_trainable, device=device),
             on_final=config["on_final"],
-            writer=rank == 0,
+            **worker.build_options(),
         )
 
 

@@ -36,7 +36,7 @@ def _student_state(path: Path) -> dict[str, torch.Tensor]:
 def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     from sdakd.methods import METHODS
     from sdakd.methods.base import student_generator
-    from sdakd.pipeline import Validator, build_teacher, cost, ensure_dataset, resolve_device
+    from sdakd.pipeline import Validator, cost, resolve_device, shared_inputs
 
     path = Path(path)
     if not path.exists():
@@ -51,8 +51,7 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, 
         first = str(err).strip().splitlines()[0]
         raise SdakdError(f"{path} does not fit the run's student architecture: {first}") from None
     student.to(device)
-    data = ensure_dataset(cfg)
-    teacher = build_teacher(cfg, data, device) if METHODS.get(cfg.method).uses_teacher else None
+    data, teacher = shared_inputs(cfg, device)
     validator = Validator(cfg, data, teacher, device)
     return {
         "student": validator.student(student),

@@ -42,10 +42,18 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sdakd.config import ExperimentConfig, dump_yaml, load_config, storage_root, validate, with_overrides
+from sdakd.config import (
+    ExperimentConfig,
+    absolute_paths,
+    dump_yaml,
+    load_config,
+    storage_root,
+    validate,
+    with_overrides,
+)
 from sdakd.distributed import connect, tune_trial
 from sdakd.errors import SdakdError
-from sdakd.pipeline import build_teacher, ensure_dataset, resolve_device
+from sdakd.pipeline import resolve_device, shared_inputs
 from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest, load_space
 from sdakd.search.tracking import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_samples
 from sdakd.search.trial import run_trial
@@ -93,21 +101,21 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
     # Tune's experiment (trial folders, checkpoints, what --resume restores): in the configured storage (a
     # cluster's bucket), named after the search folder, else in the search folder itself.
     storage = storage_root(base)
-    experiment = f"{storage.rstrip('/')}/{folder.name}" if storage else str(folder / "tune")
+    tune_storage, tune_name = (storage.rstrip("/"), folder.name) if storage else (str(folder), "tune")
+    experiment = f"{tune_storage}/{tune_name}"
     if resume and not tune.Tuner.can_restore(experiment):
         raise SdakdError(f"nothing to resume: {experiment} holds no search (run it without --resume first)")
     if not resume and tune.Tuner.can_restore(experiment):
         raise SdakdError(f"{experiment} already holds a search: add --resume, or set run.out_dir to a new folder")
     nested = space.resources.workers > 1
     # Trials run in their own folders and processes: every path they read must be absolute.
-    data_root = {"data.root": str(base.data.root.resolve())} if base.data.root else {}
-    base = with_overrides(base, {"run.cache_dir": str(base.run.cache_dir.resolve()), "run.out_dir": None, **data_root})
+    base = with_overrides(absolute_paths(base), {"run.out_dir": None})
     saved = folder / BASE_FILE
     if resume and load_config(path=saved) != base:
         raise SdakdError(f"--resume needs the --set values the search started with (its base config: {saved})")
     store = Store(resolve_uri(tracking_uri, base.run.tracking_uri))  # an unreachable server fails here
     # Build the dataset and pretrain the teacher once, here, so concurrent trials never race on those caches.
-    build_teacher(base, ensure_dataset(base), resolve_device(base.run.device))
+    shared_inputs(base, resolve_device(base.run.device))
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_S)
     if nested:
@@ -146,8 +154,8 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
                     reuse_actors=not nested,  # a reused actor would keep a stopped trial's Train controller alive
                 ),
                 run_config=tune.RunConfig(
-                    name=experiment.rsplit("/", 1)[1],
-                    storage_path=experiment.rsplit("/", 1)[0],
+                    name=tune_name,
+                    storage_path=tune_storage,
                     verbose=0,
                     callbacks=[Progress(space), runs],
                 ),

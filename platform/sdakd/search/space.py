@@ -13,18 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from sdakd.config import ExperimentConfig, load_config, load_project_yaml, parse_override, with_overrides
+from sdakd.config import Base, ExperimentConfig, Frozen, base_config, load_project_yaml, parse_override, with_overrides
 from sdakd.errors import SdakdError
 
 SPACES_DIR = "search_spaces"
 # What a trial reports at every stage end (see sdakd.search.trial); objectives must name one of these.
 OBJECTIVE_METRICS = ("psnr_y", "ssim_y", "psnr_y_vs_teacher", "macs", "params")
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Range(Frozen):
@@ -120,12 +116,6 @@ class Asha(Frozen):
     max_t: int | None = Field(None, ge=1, description="None = the method's number of stages")
 
 
-class Base(Frozen):
-    preset: str | None = None
-    config: Path | None = Field(None, description="a config YAML, relative to the space file")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted.path: value")
-
-
 class Sampler(Frozen):
     seed: int = 0
 
@@ -168,22 +158,9 @@ def load_space(name: str, overrides: Sequence[str] = ()) -> tuple[Space, Experim
     """The validated space (a name in search_spaces/, or a YAML path) and its base config; `overrides` are
     `--set` strings applied to the base."""
     space, path = load_project_yaml(Space, SPACES_DIR, name, "search space")
-    base = base_config(space, path, overrides)
+    base = base_config(space.base, path, "search space", dict(parse_override(text) for text in overrides))
     check_parameters(space, base, path)
     return space, base
-
-
-def base_config(space: Space, path: Path, overrides: Sequence[str]) -> ExperimentConfig:
-    b = space.base
-    config = path.parent / b.config if b.config is not None else None
-    if b.preset is None and config is None:
-        raise SdakdError(f"search space {path}: base needs a preset or a config file")
-    cfg = load_config(b.preset, config)
-    changes = dict(b.overrides) | dict(parse_override(text) for text in overrides)
-    try:
-        return with_overrides(cfg, changes) if changes else cfg
-    except SdakdError as err:
-        raise SdakdError(f"search space {path}: base overrides / --set: {err}") from None
 
 
 def check_parameters(space: Space, base: ExperimentConfig, path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from sdakd.config import ExperimentConfig
 from sdakd.engine import Callbacks, Stage, unwrap
 from sdakd.evaluate import count_params, macs
-from sdakd.pipeline import COST_LR_SIZE, Experiment, build_experiment
+from sdakd.pipeline import Experiment, build_experiment, cost_side
 from sdakd.search.prefix import PrefixCache, changed_nets, snapshot, stage_keys
 
 # metrics, and the stage checkpoint file to keep with them (None when the stage came from the cache)
@@ -52,7 +52,8 @@ class StageReports(Callbacks):
         self.exp = exp
         self.initial = snapshot(exp.method.nets)  # before any load: what "changed by the prefix" is measured from
         student = unwrap(exp.method.nets["student_g"])
-        self.cost = {"macs": macs(student, (1, 3, COST_LR_SIZE, COST_LR_SIZE)), "params": count_params(student)}
+        side = cost_side(student)  # the same input as the ablation report's cost: fixed-size families need theirs
+        self.cost = {"macs": macs(student, (1, 3, side, side)), "params": count_params(student)}
         self.keys = stage_keys(exp.cfg, exp.method, key_context(exp))
 
     def on_stage_end(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None:
