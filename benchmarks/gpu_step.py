@@ -24,9 +24,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/gpu_step.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import PAPER_SCALE, experiment
-from sdakd.config import load_config
+from sdakd.config.load import load_config
 from sdakd.evaluate import latency_ms
-from sdakd.methods.base import sr_generator
+from sdakd.models.from_config import sr_generator
 
 BF16 = ("optim.amp=true", "optim.channels_last=true")
 VARIANTS = {  # name: (config overrides, torch.compile)

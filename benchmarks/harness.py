@@ -16,8 +16,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from sdakd.config import load_config
-from sdakd.pipeline import Experiment, build_experiment
+from sdakd.config.load import load_config
+from sdakd.experiment import Experiment, Placement, build_experiment
 
 # On 2 loaded cores two intra-op threads stall each other: a tiny training step measured ~20x slower than with one.
 THREADS = 1
@@ -42,7 +42,7 @@ def quiet_cpu(threads: int = THREADS) -> None:
 def experiment(preset: str, overrides: Sequence[str] = (), device: str = "cpu") -> Experiment:
     """The preset's experiment with an untrained teacher (cached under its own key, so it costs one build)."""
     cfg = load_config(preset, overrides=[*UNTRAINED_TEACHER, f"run.device={device}", *overrides])
-    return build_experiment(cfg, writer=False)
+    return build_experiment(cfg, Placement(writer=False))
 
 
 @dataclass

@@ -24,9 +24,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/loader.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import PAPER_SCALE, command_line, experiment, interleaved, median_ci, quiet_cpu, ratios
-from sdakd.config import load_config
+from sdakd.config.load import load_config
 from sdakd.data import StepBatches, batch_loader
-from sdakd.pipeline import train_batches
+from sdakd.data.dataset import train_batches
 
 TARGET = 5.0
 WORKERS = 2

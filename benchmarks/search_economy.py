@@ -20,9 +20,13 @@ from pathlib import Path
 import ray
 import yaml
 
-from sdakd.pipeline import build_teacher, ensure_dataset, resolve_device
-from sdakd.search.runner import search
-from sdakd.config import find_project_yaml
+from sdakd.data.dataset import ensure_dataset
+
+from sdakd.engine.device import resolve_device
+
+from sdakd.teacher.cache import build_teacher
+from sdakd.ray_adapter.search import search
+from sdakd.config.project import find_project_yaml
 from sdakd.search.space import SPACES_DIR, load_space
 
 PARAMETERS = {

@@ -28,9 +28,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/step_overhead.py`
 from benchmarks.harness import (
     PAPER_SCALE, best_of, command_line, experiment, interleaved, median_ci, ms, quiet_cpu, ratios,
 )
-from sdakd.methods.base import discriminator, student_generator
+from sdakd.models.from_config import discriminator, student_generator
 from sdakd.models import FeatureTaps, build_generator, pair_taps
-from sdakd.pipeline import Experiment
+from sdakd.experiment import Experiment
 
 TARGET = 1.03
 SAME_WORK = ("loss.perceptual.weight=0", "optim.amp=false", "optim.channels_last=false")

@@ -26,10 +26,11 @@ if __package__ in (None, ""):  # run as `python benchmarks/students.py`
 
 from benchmarks.harness import command_line, interleaved, median_ci, quiet_cpu, ratios
 from sdakd import cli
-from sdakd.config import load_config
+from sdakd.config.load import load_config
 from sdakd.evaluate import count_params, macs
-from sdakd.methods.base import sr_generator
-from sdakd.pipeline import ensure_dataset, pretrain_key
+from sdakd.models.from_config import sr_generator
+from sdakd.data.dataset import ensure_dataset
+from sdakd.teacher.cache import pretrain_key
 
 WIDTHS = (1.0, 0.5, 0.25, 0.125)
 LR_SHAPE = (1, 3, 64, 64)

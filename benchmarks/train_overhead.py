@@ -25,10 +25,12 @@ from typing import Any
 import ray
 import torch
 
-from sdakd.config import load_config, validate
-from sdakd.distributed import train_distributed
+from sdakd.config.load import load_config, validate
+from sdakd.ray_adapter.train import train_distributed
 from sdakd.engine import Callbacks
-from sdakd.pipeline import build_teacher, ensure_dataset, run_experiment, train_batches
+from sdakd.data.dataset import ensure_dataset, train_batches
+from sdakd.pipeline import train
+from sdakd.teacher.cache import build_teacher
 
 RAY_WORKER_NICENESS = 15  # what os.nice(0) says in a Ray Train worker
 
@@ -76,7 +78,7 @@ def local_run(config: dict[str, Any], threads: int, *turns: Any) -> None:
     one, and the comparison is of the two code paths, not of the scheduler's priorities."""
     torch.set_num_threads(threads)
     os.nice(RAY_WORKER_NICENESS - os.nice(0))
-    run_experiment(validate(config), callbacks=[TakeTurns(*turns)])
+    train(validate(config), callbacks=[TakeTurns(*turns)])
 
 
 def step_times(path: Path, warmup: int, every: int) -> dict[str, Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdakd.config import load_config
-from sdakd.methods.base import sr_generator
+from sdakd.config.load import load_config
+from sdakd.models.from_config import sr_generator
 from sdakd.models import build_discriminator
-from sdakd.teacher import Teacher
+from sdakd.teacher.frozen import Teacher
 
 SMALL = [
     "stages.s1.iters=2",

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import synthetic_batches
 from sdakd.cli import main
-from sdakd.config import config_hash
+from sdakd.config.identity import config_hash
 from sdakd.engine import Engine
 from sdakd.methods import METHODS
 

@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from sdakd.config import absolute_paths, config_hash, load_config, preset_names, with_overrides
+from sdakd.config.identity import config_hash, method_options
+
+from sdakd.config.load import absolute_paths, load_config, preset_names, with_overrides
 from sdakd.errors import SdakdError
 
 
@@ -23,7 +25,7 @@ def test_dotted_overrides_reach_every_public_field():
         ],
     )
     assert cfg.stages.s3.iters == 200 and cfg.student_d.width == 0.125 and cfg.loss.fm.weight == 0
-    assert cfg.seed == 7 and cfg.optim.lr_g == 1e-3 and cfg.options.adversary == "teacher"
+    assert cfg.seed == 7 and cfg.optim.lr_g == 1e-3 and method_options(cfg).adversary == "teacher"
 
 
 def test_config_is_immutable_and_overrides_copy():
@@ -81,3 +83,15 @@ def test_absolute_paths_resolves_every_path_field_from_the_working_directory(tmp
     assert out.data.root == tmp_path / "shards"
     assert out.run.cache_dir == tmp_path / cfg.run.cache_dir
     assert absolute_paths(out) == out
+
+
+def test_a_config_written_with_warm_student_d_still_loads_with_a_deprecation_warning(tmp_path: Path):
+    """Configs and MLflow params from before every method said `warm_d`."""
+    path = tmp_path / "old.yaml"
+    path.write_text("preset: tiny\nmethods:\n  sdakd:\n    warm_student_d: false\n")
+    with pytest.warns(FutureWarning, match="warm_student_d is deprecated: write methods.sdakd.warm_d"):
+        cfg = load_config(path=path)
+    assert method_options(cfg).warm_d is False
+    assert config_hash(cfg) == config_hash(load_config("tiny", overrides=["methods.sdakd.warm_d=false"]))
+    with pytest.raises(SdakdError, match="contradicts warm_d"):
+        load_config("tiny", overrides=["methods.sdakd.warm_student_d=false", "methods.sdakd.warm_d=true"])

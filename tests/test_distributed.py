@@ -11,8 +11,8 @@ import ray
 import torch
 
 from sdakd.cli import main
-from sdakd.config import load_config
-from sdakd.distributed import train_distributed
+from sdakd.config.load import load_config
+from sdakd.ray_adapter.train import train_distributed
 
 STEPS = 7
 SETS = [

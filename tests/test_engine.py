@@ -62,7 +62,7 @@ def test_sdakd_stage_semantics(small_cfg, small_teacher):
 
 
 def test_warm_up_off_keeps_the_student_d_still_in_stage_2(small_cfg, small_teacher):
-    engine, d0, d_end = run_with_snapshots(small_cfg("methods.sdakd.warm_student_d=false"), small_teacher)
+    engine, d0, d_end = run_with_snapshots(small_cfg("methods.sdakd.warm_d=false"), small_teacher)
     assert engine.stats["s2"]["d_steps"] == 0 and same(d0, d_end["s2"])
     assert engine.stats["s3"]["d_steps"] == 2
 

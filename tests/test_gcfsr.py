@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from sdakd.config import load_config
+from sdakd.config.load import load_config
 from sdakd.data import StepBatches, bicubic_down, bicubic_up, build_dataset, factor_val_pairs
 from sdakd.errors import SdakdError
 from sdakd.methods import METHODS
-from sdakd.methods.base import sr_generator
+from sdakd.models.from_config import sr_generator
 from sdakd.models import FeatureTaps, build_discriminator, build_generator, feature_channels, load_weights, pair_taps
-from sdakd.pipeline import build_experiment, final_metrics
+from sdakd.experiment import Placement, build_experiment
+from sdakd.run_folder import final_metrics
 
 SCALES = (4, 8, 16, 32)
 SMALL = dict(out_size=64, num_feat=32)
@@ -166,7 +167,7 @@ def test_every_method_trains_the_gcfsr_family(method: str, faces: Path, cache: P
         "teacher.pretrain.iters=2", "teacher.pretrain.d_iters=1", "teacher.pretrain.batch_size=2",
         "methods.dcd.tap_every=1", "run.latency_repeats=1", "run.log_every=1",
     ])
-    exp = build_experiment(cfg, writer=False)
+    exp = build_experiment(cfg, Placement(writer=False))
     exp.engine.run()
     metrics = final_metrics(exp)
     assert set(metrics["stages"]) == {"s1", "s2", "s3"}

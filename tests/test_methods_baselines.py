@@ -19,7 +19,7 @@ from sdakd.losses.relational import angle_potential, content_items, distance_pot
 from sdakd.methods import METHODS
 from sdakd.methods.dcd import fitting_factor
 from sdakd.models import DISCRIMINATORS
-from sdakd.teacher import Teacher
+from sdakd.teacher.frozen import Teacher
 
 ENGINE_DIR = Path(__file__).resolve().parents[1] / "platform" / "sdakd" / "engine"
 ONE_STEP_EACH = ("stages.s1.iters=1", "stages.s2.iters=1", "stages.s3.iters=1")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sdakd.errors import SdakdError
+from sdakd.evaluate import count_params
 from sdakd.models import (
     DISCRIMINATORS,
     GENERATORS,
@@ -19,7 +20,6 @@ from sdakd.models import (
     UNetDiscriminatorSN,
     build_discriminator,
     build_generator,
-    count_params,
     feature_channels,
     load_weights,
     pair_taps,

@@ -21,12 +21,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.util import placement_group_table
 
 from sdakd.cli import main
-from sdakd.config import load_config, with_overrides
+from sdakd.config.load import load_config, with_overrides
 from sdakd.engine.checkpoint import load_checkpoint
 from sdakd.tracking.store import Store
 from sdakd.search.prefix import PrefixCache, stage_key
-from sdakd.search.runner import _searcher, pareto_front
-from sdakd.search.tracking import EXPERIMENT, ROLE
+from sdakd.ray_adapter.search import _searcher
+from sdakd.search.summary import pareto_front
+from sdakd.tracking.search import EXPERIMENT, ROLE
 from sdakd.search.space import load_space
 from sdakd.search.trial import key_context, run_trial
 

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from sdakd.ablate.grid import EXPERIMENT, load_grid
 from sdakd.ablate.report import mean_ci
 from sdakd.cli import main
-from sdakd.config import REPO_ROOT
+from sdakd.config.project import REPO_ROOT
 from sdakd.tracking.store import run_page
 
 pytestmark = pytest.mark.slow

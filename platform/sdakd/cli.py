@@ -27,7 +27,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from sdakd.config import load_config
+    from sdakd.config.load import load_config
 
     if not args.preset and not args.config:
         raise SdakdError("name a config: --preset NAME or --config FILE (presets: see `sdakd list`)")
@@ -36,13 +36,14 @@ def _load(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _load(args)
-    from sdakd.pipeline import out_dir_for, run_experiment
+    from sdakd.experiment import out_dir_for
+    from sdakd.pipeline import train
 
     resume = True if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if args.workers is None:
-        metrics = run_experiment(cfg, resume=resume)
+        metrics = train(cfg, resume=resume).metrics
     else:
-        from sdakd.distributed import train_distributed
+        from sdakd.ray_adapter.train import train_distributed
 
         metrics = train_distributed(
             cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
@@ -59,7 +60,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_teacher(args: argparse.Namespace) -> None:
     cfg = _load(args)
-    from sdakd.pipeline import Validator, build_teacher, ensure_dataset, resolve_device
+    from sdakd.data.dataset import ensure_dataset
+    from sdakd.engine.device import resolve_device
+    from sdakd.evaluate.validator import Validator
+    from sdakd.teacher.cache import build_teacher
 
     device = resolve_device(cfg.run.device)
     data = ensure_dataset(cfg)
@@ -82,7 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from sdakd.search.runner import print_summary, run_named
+    from sdakd.ray_adapter.search import run_named
+    from sdakd.search.summary import print_summary
 
     summary = run_named(
         args.space, samples=args.samples, resume=args.resume, overrides=args.overrides, tracking_uri=args.tracking_uri
@@ -91,7 +96,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from sdakd.ablate.executor import ablate
+    from sdakd.ray_adapter.ablate import ablate
 
     return 0 if ablate(args.grid, seeds=args.seeds, force=args.force, uri=args.tracking_uri) else 1
 
@@ -122,7 +127,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from sdakd.config import preset_names, project_names
+    from sdakd.config.load import preset_names
+    from sdakd.config.project import project_names
     from sdakd.methods import METHODS
 
     print("presets:  " + ", ".join(preset_names()))

@@ -10,14 +10,17 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, name_attr: str | None = None) -> None:
         self.kind = kind
+        self.name_attr = name_attr  # set on each entry to its registered name, so the name is written once
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._entries:
                 raise SdakdError(f"{self.kind} {name!r} is registered twice")
+            if self.name_attr is not None:
+                setattr(obj, self.name_attr, name)
             self._entries[name] = obj
             return obj
 

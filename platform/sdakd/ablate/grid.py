@@ -13,18 +13,10 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field
 
-from sdakd.config import (
-    Base,
-    ExperimentConfig,
-    absolute_paths,
-    Frozen,
-    base_config,
-    config_hash,
-    identity_dict,
-    load_project_yaml,
-    stable_hash,
-    with_overrides,
-)
+from sdakd.config.identity import config_hash, identity_dict, stable_hash
+from sdakd.config.load import absolute_paths, with_overrides
+from sdakd.config.project import Base, base_config, load_project_yaml
+from sdakd.config.schema import ExperimentConfig, Frozen
 from sdakd.errors import SdakdError
 from sdakd.methods import METHODS
 

@@ -17,6 +17,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from sdakd.engine.checkpoint import load_checkpoint, save_checkpoint
+from sdakd.engine.interface import StagedMethod, StepOutputs
 from sdakd.engine.stage import Stage, stage_offsets
 from sdakd.errors import SdakdError
 
@@ -54,6 +55,23 @@ def _param_groups(nets: Mapping[str, nn.Module], names: Iterable[str]) -> list[d
     return groups
 
 
+def _load_adam_groups(opt: torch.optim.Optimizer, saved: Mapping[str, Any], nets: set[str]) -> None:
+    """Adam state of the named groups only: the other nets keep their fresh (empty) state."""
+    groups = {g["net"]: g["params"] for g in opt.param_groups}
+    for group in saved["param_groups"]:
+        if group["net"] not in nets:
+            continue
+        params = groups[group["net"]]
+        if len(params) != len(group["params"]):
+            raise ValueError(f"net {group['net']}: {len(group['params'])} saved params vs {len(params)} here")
+        for index, param in zip(group["params"], params):
+            if index in saved["state"]:
+                # `step` stays a CPU scalar as Adam keeps it; moments follow the parameter
+                opt.state[param] = {
+                    k: v if k == "step" else v.to(param.device) for k, v in saved["state"][index].items()
+                }
+
+
 def _set_trainable(modules: Iterable[nn.Module], flag: bool) -> None:
     for module in modules:
         module.requires_grad_(flag)
@@ -62,7 +80,7 @@ def _set_trainable(modules: Iterable[nn.Module], flag: bool) -> None:
 class Engine:
     def __init__(
         self,
-        method: Any,
+        method: StagedMethod,
         batches: Callable[[int], dict[str, torch.Tensor]],
         *,
         device: torch.device,
@@ -171,7 +189,7 @@ class Engine:
             raise FloatingPointError(f"stage {stage.name}: non-finite loss {bad} at global step {self.global_step()}")
         return logged
 
-    def _descend(self, stage: Stage, side: str, optimizer: Any, terms_of: Callable, step: Any,
+    def _descend(self, stage: Stage, side: str, optimizer: Any, terms_of: Callable, step: StepOutputs,
                  weights: Mapping[str, float]) -> dict[str, float]:
         """One optimizer step on the weighted sum of one side's terms; returns what to log."""
         with self.autocast():
@@ -211,6 +229,20 @@ class Engine:
             self.ema.load_state_dict(state["ema"])
         self.position = Position(**state["position"])
         self.history = dict(state.get("history", {}))
+
+    def restore_partial(self, state: Mapping[str, Any], nets: set[str], next_stage: int) -> None:
+        """Continue at the start of stage `next_stage` from a checkpoint of another run whose stages before it
+        changed only `nets` (the stage-prefix cache): those nets and their Adam state, the EMA and the history
+        are loaded; every other net keeps this run's own initialisation and fresh optimizer state."""
+        for name in nets:
+            unwrap(self.method.nets[name]).load_state_dict(state["nets"][name])
+        for saved, opt in ((state["opt_g"], self.opt_g), (state["opt_d"], self.opt_d)):
+            if saved and opt is not None:
+                _load_adam_groups(opt, saved, nets)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.history = dict(state["history"])
+        self.position = Position(next_stage, 0)
 
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)

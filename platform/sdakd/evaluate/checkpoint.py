@@ -7,9 +7,13 @@ from typing import Any, Sequence
 
 import torch
 
-from sdakd.config import load_config
+from sdakd.config.load import load_config
 from sdakd.engine.checkpoint import load_checkpoint
+from sdakd.engine.device import resolve_device
 from sdakd.errors import SdakdError
+from sdakd.evaluate.validator import Validator, cost
+from sdakd.models.from_config import student_generator
+from sdakd.teacher.cache import prepare_inputs
 
 
 def _run_folder(path: Path) -> Path:
@@ -34,10 +38,6 @@ def _student_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    from sdakd.methods import METHODS
-    from sdakd.methods.base import student_generator
-    from sdakd.pipeline import Validator, cost, resolve_device, shared_inputs
-
     path = Path(path)
     if not path.exists():
         raise SdakdError(f"checkpoint {path} does not exist")
@@ -51,10 +51,10 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, 
         first = str(err).strip().splitlines()[0]
         raise SdakdError(f"{path} does not fit the run's student architecture: {first}") from None
     student.to(device)
-    data, teacher = shared_inputs(cfg, device)
+    data, teacher = prepare_inputs(cfg, device)
     validator = Validator(cfg, data, teacher, device)
     return {
         "student": validator.student(student),
         "references": validator.references(),
-        "cost": cost(student, device, cfg.data.scale, cfg.run.latency_repeats),
+        "cost": cost(student, device, cfg.run.latency_repeats),
     }

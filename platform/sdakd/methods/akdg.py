@@ -12,9 +12,9 @@ from pydantic import Field
 from torch import nn
 
 from sdakd.engine.stage import Stage
-from sdakd.methods.base import Method, Step, discriminator
+from sdakd.methods.base import REAL_FAKE, GANOptions, Method, Step
 from sdakd.methods.registry import METHODS
-from sdakd.methods.vanilla import REAL_FAKE, GANOptions, three_stages
+from sdakd.models.from_config import discriminator
 
 
 class AKDGOptions(GANOptions):
@@ -24,7 +24,6 @@ class AKDGOptions(GANOptions):
 
 @METHODS.register("akdg")
 class AKDG(Method):
-    name = "akdg"
     Options = AKDGOptions
 
     def build(self) -> dict[str, nn.Module]:
@@ -38,7 +37,7 @@ class AKDG(Method):
         w_gan = self.cfg.loss.gan.weight
         gan = {"gan": w_gan, "gan_kd": w_gan * self.options.lambda_kd}
         d_loss = REAL_FAKE | {"kd_real": 1.0, "kd_fake": 1.0}
-        return three_stages(self, {}, gan, d_loss, self.options.warm_d)
+        return self.three_stages({}, gan, d_loss, self.options.warm_d)
 
     def g_gan_kd(self, step: Step) -> torch.Tensor:
         return self.adversarial.generator(self.nets["d_kd"](step.sr))

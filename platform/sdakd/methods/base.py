@@ -1,56 +1,47 @@
-"""What every method shares: the student, the supervised terms, the adversarial terms, and lazy step outputs.
+"""What every method shares: the student, the three-stage schedule, the supervised and adversarial terms, the
+pairing of feature taps, and lazy step outputs.
 
-A method subclasses `Method`, declares its stages as data (`stages()`), adds nets in `build()`, and writes each
-loss term it names as a small `g_<term>` / `d_<term>` function. The engine calls only this interface.
+A method subclasses `Method`, declares its stages as data (`stages()`, usually through `three_stages`), adds
+nets in `build()`, and writes each loss term it names as a small `g_<term>` / `d_<term>` function. The engine
+calls only this interface (`sdakd.engine.interface.StagedMethod`).
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from sdakd.config import ExperimentConfig
+from sdakd.config.schema import ExperimentConfig
 from sdakd.engine.stage import Stage
 from sdakd.errors import SdakdError
 from sdakd.losses import AdversarialLoss, PerceptualLoss
 from sdakd.losses.adversarial import r1_penalty
-from sdakd.models import FeatureTaps, discriminator_from_spec, generate, generator_from_spec
-from sdakd.teacher import Teacher
+from sdakd.models import FeatureTaps, generate, pair_taps
+from sdakd.models.from_config import student_generator
+from sdakd.teacher.frozen import Teacher
+
+REAL_FAKE = {"real": 1.0, "fake": 1.0}  # a D's terms: GT as real, the student's output as fake
 
 
 class NoOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def sr_generator(cfg: ExperimentConfig, width: float = 1.0, depth: int | None = None) -> nn.Module:
-    """The teacher's architecture at `width` (and `depth` blocks): teacher and students share one family."""
-    t = cfg.teacher
-    extra = {"num_grow_ch": t.num_grow_ch} if t.num_grow_ch is not None else {}
-    return generator_from_spec(
-        t.arch, scale=cfg.data.scale, depth=depth or t.num_block, size=cfg.data.gt_size, width=width,
-        num_feat=t.num_feat, **extra,
-    )
+class GANOptions(NoOptions):
+    """Knobs of every method that trains its own adversary."""
 
-
-def student_generator(cfg: ExperimentConfig) -> nn.Module:
-    return sr_generator(cfg, cfg.student.width, cfg.student.num_block)
-
-
-def discriminator(cfg: ExperimentConfig, width: float) -> nn.Module:
-    return discriminator_from_spec(
-        cfg.teacher.d_arch, size=cfg.data.gt_size, width=width, num_feat=cfg.teacher.d_num_feat
-    )
+    warm_d: bool = Field(True, description="train the D(s) in stage 2, before they feed the generator in stage 3")
 
 
 class Step:
     """One batch's outputs, computed at most once and shared by the G terms and the D terms."""
 
-    def __init__(self, method: "Method", batch: dict[str, torch.Tensor]) -> None:
+    def __init__(self, method: "Method", batch: Mapping[str, torch.Tensor]) -> None:
         self.method = method
         self.lr = batch["lr"]
         self.hr = batch["hr"]
@@ -58,10 +49,14 @@ class Step:
 
     @cached_property
     def sr(self) -> torch.Tensor:
-        out = generate(self.method.nets["student_g"], self.lr, self.cond)
+        return generate(self.method.nets["student_g"], self.lr, self.cond)
+
+    @cached_property
+    def student_features(self) -> dict[str, torch.Tensor]:
+        """The student's tapped features of this batch (its taps record them during the forward of `sr`)."""
+        self.sr
         taps = self.method.student_taps
-        self.student_features = dict(taps.features) if taps else {}
-        return out
+        return dict(taps.features) if taps else {}
 
     @cached_property
     def _teacher(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -79,7 +74,7 @@ class Step:
 
 
 class Method:
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by METHODS.register
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_teacher: ClassVar[bool] = True
     # Which nets each optimizer trains; a name absent from `nets` is simply skipped.
@@ -90,15 +85,21 @@ class Method:
         if self.uses_teacher and teacher is None:
             raise SdakdError(f"method {self.name!r} needs a teacher")
         self.cfg = cfg
-        self.options: Any = cfg.options
+        self.options: Any = self.options_of(cfg)
         self.teacher = teacher if self.uses_teacher else None
         self.student_taps: FeatureTaps | None = None
         self.teacher_tap_names: list[str] = []
+        self.student_tap_names: list[str] = []
         self.adversarial = AdversarialLoss(cfg.loss.gan.type)
         self.nets = nn.ModuleDict(self.build())
         self._check_terms()
         uses_perceptual = any("perceptual" in s.g_loss for s in self.stages())
         self.perceptual = PerceptualLoss(cfg.loss.perceptual) if uses_perceptual else None
+
+    @classmethod
+    def options_of(cls, cfg: ExperimentConfig) -> BaseModel:
+        """This method's knobs in `cfg` (validated by the config loader), or their defaults."""
+        return cfg.methods.get(cls.name) or cls.Options()
 
     # ------------------------------------------------------------------ declared by each method
     def build(self) -> dict[str, nn.Module]:
@@ -107,13 +108,32 @@ class Method:
     def stages(self) -> list[Stage]:
         raise NotImplementedError
 
-    def prefix_exempt_options(self, done: list[Stage]) -> frozenset[str]:
-        """Option names (`methods.<name>.*`) that cannot change the result of the stages `done`: the stage-prefix
-        cache leaves them out of those stages' key. Default: none, which is always safe."""
-        return frozenset()
+    # ------------------------------------------------------------------ helpers for declaring them
+    def three_stages(
+        self, distill: Mapping[str, float], gan: Mapping[str, float], d_loss: Mapping[str, float], warm_d: bool
+    ) -> list[Stage]:
+        """The schedule every method shares, so all get the same generator steps and evaluation points:
+        s1 supervised; s2 + `distill` (and the D terms `d_loss` if `warm_d`); s3 + `gan`, with `d_loss`."""
+        stages = self.cfg.stages
+        supervised = self.supervised()
+        distilled = {**supervised, **distill}
+        return [
+            Stage("s1", stages.s1.iters, g_loss=supervised),
+            Stage("s2", stages.s2.iters, g_loss=distilled, d_loss=d_loss if warm_d else {}),
+            Stage("s3", stages.s3.iters, g_loss={**distilled, **gan}, d_loss=d_loss),
+        ]
+
+    def tap_pairs(self, student: nn.Module, every: int) -> list[tuple[str, str]]:
+        """(teacher tap, student tap) at every `every`-th student block; the student's taps are hooked, so each
+        step's `student_features` and `teacher_features` hold them."""
+        pairs = pair_taps(self.teacher.g, student, every)
+        self.teacher_tap_names = [t for t, _ in pairs]
+        self.student_tap_names = [s for _, s in pairs]
+        self.student_taps = FeatureTaps(student, self.student_tap_names)
+        return pairs
 
     # ------------------------------------------------------------------ used by the engine
-    def step(self, batch: dict[str, torch.Tensor]) -> Step:
+    def step(self, batch: Mapping[str, torch.Tensor]) -> Step:
         return Step(self, batch)
 
     def generator_terms(self, step: Step, stage: Stage) -> dict[str, torch.Tensor]:

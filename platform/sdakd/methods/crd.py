@@ -16,7 +16,6 @@ from sdakd.errors import SdakdError
 from sdakd.losses import content_relation_loss
 from sdakd.methods.base import Method, Step
 from sdakd.methods.registry import METHODS
-from sdakd.methods.vanilla import three_stages
 
 
 class CRDOptions(BaseModel):
@@ -31,7 +30,6 @@ class CRDOptions(BaseModel):
 
 @METHODS.register("crd")
 class CRD(Method):
-    name = "crd"
     Options = CRDOptions
 
     def build(self) -> dict[str, nn.Module]:
@@ -47,7 +45,7 @@ class CRD(Method):
 
     def stages(self) -> list[Stage]:
         gan = {"gan": self.cfg.loss.gan.weight}
-        return three_stages(self, {"crd": self.options.weight}, gan, {}, warm_d=False)
+        return self.three_stages({"crd": self.options.weight}, gan, {}, warm_d=False)
 
     def g_crd(self, step: Step) -> torch.Tensor:
         opts = self.options

@@ -17,10 +17,10 @@ from torch import nn
 from sdakd.engine import unwrap
 from sdakd.engine.stage import Stage
 from sdakd.errors import SdakdError
-from sdakd.methods.base import Method, Step, discriminator
+from sdakd.methods.base import REAL_FAKE, GANOptions, Method, Step
 from sdakd.methods.registry import METHODS
-from sdakd.methods.vanilla import REAL_FAKE, GANOptions, three_stages
-from sdakd.models import FeatureTaps, feature_channels, pair_taps
+from sdakd.models import FeatureTaps, feature_channels
+from sdakd.models.from_config import discriminator
 from sdakd.models.taps import find_module
 
 
@@ -58,17 +58,13 @@ def fitting_factor(height: int, width: int, multiple: int = 8) -> int:
 
 @METHODS.register("dcd")
 class DCD(Method):
-    name = "dcd"
     Options = DCDOptions
 
     def build(self) -> dict[str, nn.Module]:
         opts = self.options
         nets = super().build()
         student, teacher = nets["student_g"], self.teacher.g
-        pairs = pair_taps(teacher, student, opts.tap_every)
-        self.teacher_tap_names = [t for t, _ in pairs]
-        self.student_tap_names = [s for _, s in pairs]
-        self.student_taps = FeatureTaps(student, self.student_tap_names)
+        self.tap_pairs(student, opts.tap_every)
         nets["connectors"] = connectors(
             [feature_channels(student, s) for s in self.student_tap_names], opts.connector_channels
         )
@@ -90,7 +86,7 @@ class DCD(Method):
         # The student's GAN term is Method.g_gan: the collaborative D judges the *student's* output. The public DCD
         # code feeds the teacher's output there by mistake (no gradient reaches the student); we follow the paper.
         gan = {"gan": self.cfg.loss.gan.weight}
-        return three_stages(self, {"dcd": self.options.weight}, gan, REAL_FAKE, self.options.warm_d)
+        return self.three_stages({"dcd": self.options.weight}, gan, REAL_FAKE, self.options.warm_d)
 
     def phi(self, images: torch.Tensor) -> torch.Tensor:
         factor = self.options.phi_upsample or fitting_factor(*images.shape[-2:])
@@ -102,7 +98,6 @@ class DCD(Method):
         return taps.features[self.options.phi_layer]
 
     def g_dcd(self, step: Step) -> torch.Tensor:
-        step.sr  # the student forward fills its taps
         terms = []
         for t_name, s_name, t_conn, s_conn in zip(
             self.teacher_tap_names, self.student_tap_names, self.nets["teacher_connectors"], self.nets["connectors"]

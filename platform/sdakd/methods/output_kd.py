@@ -9,12 +9,9 @@ from __future__ import annotations
 from sdakd.engine.stage import Stage
 from sdakd.methods.base import Method
 from sdakd.methods.registry import METHODS
-from sdakd.methods.vanilla import three_stages
 
 
 @METHODS.register("output_kd")
 class OutputKD(Method):
-    name = "output_kd"
-
     def stages(self) -> list[Stage]:
-        return three_stages(self, {}, {}, {}, warm_d=False)
+        return self.three_stages({}, {}, {}, warm_d=False)

@@ -2,4 +2,4 @@
 
 from sdakd.registry import Registry
 
-METHODS: Registry = Registry("method")
+METHODS: Registry = Registry("method", name_attr="name")  # a method class learns its name here

@@ -7,42 +7,55 @@ generator); stage 3 adds the student D's GAN term. `adversary: teacher` is the a
 from __future__ import annotations
 
 import copy
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from sdakd.engine.stage import Stage
 from sdakd.losses import FeatureAdapters, feature_map_loss
-from sdakd.methods.base import Method, Step, discriminator
+from sdakd.methods.base import REAL_FAKE, GANOptions, Method, Step
 from sdakd.methods.registry import METHODS
-from sdakd.models import FeatureTaps, feature_channels, pair_taps
+from sdakd.models import feature_channels
+from sdakd.models.from_config import discriminator
 
 
-class SDAKDOptions(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class SDAKDOptions(GANOptions):
     adversary: Literal["student", "teacher"] = "student"
     teacher_d: Literal["finetune", "frozen"] = Field(
         "finetune", description="with adversary=teacher: keep training a copy of the teacher D, or freeze it"
     )
-    warm_student_d: bool = Field(True, description="train the adversary D in stage 2 (it feeds G only in stage 3)")
     adapter_hidden: int | None = Field(None, ge=1, description="MLP hidden width; None = teacher channels")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_warm_switch(cls, data: Any) -> Any:
+        """`warm_student_d` (configs and MLflow params written before every method said `warm_d`) still loads."""
+        if not isinstance(data, dict) or "warm_student_d" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("warm_student_d")
+        if data.setdefault("warm_d", old) != old:
+            raise ValueError(f"warm_student_d={old} contradicts warm_d={data['warm_d']}; keep only warm_d")
+        warnings.warn(
+            "methods.sdakd.warm_student_d is deprecated: write methods.sdakd.warm_d (the switch every method with "
+            "its own D shares); it is read as warm_d for now",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return data
 
 
 @METHODS.register("sdakd")
 class SDAKD(Method):
-    name = "sdakd"
     Options = SDAKDOptions
 
     def build(self) -> dict[str, nn.Module]:
         nets = super().build()
         student, teacher = nets["student_g"], self.teacher.g
-        pairs = pair_taps(teacher, student, self.cfg.loss.fm.every)
-        self.teacher_tap_names = [t for t, _ in pairs]
-        self.student_tap_names = [s for _, s in pairs]
-        self.student_taps = FeatureTaps(student, self.student_tap_names)
+        pairs = self.tap_pairs(student, self.cfg.loss.fm.every)
         nets["adapters"] = FeatureAdapters(
             [feature_channels(student, s) for _, s in pairs],
             [feature_channels(teacher, t) for t, _ in pairs],
@@ -58,18 +71,11 @@ class SDAKD(Method):
         return self.nets["d"] if "d" in self.nets else self.teacher.d
 
     def stages(self) -> list[Stage]:
-        cfg, opts = self.cfg, self.options
-        supervised = self.supervised()
-        distilled = supervised | {"fm": cfg.loss.fm.weight}
-        d_trains = {"real": 1.0, "fake": 1.0} if "d" in self.nets else {}
-        return [
-            Stage("s1", cfg.stages.s1.iters, g_loss=supervised),
-            Stage("s2", cfg.stages.s2.iters, g_loss=distilled, d_loss=d_trains if opts.warm_student_d else {}),
-            Stage("s3", cfg.stages.s3.iters, g_loss=distilled | {"gan": cfg.loss.gan.weight}, d_loss=d_trains),
-        ]
+        d_trains = REAL_FAKE if "d" in self.nets else {}  # a frozen teacher D trains in no stage
+        gan = {"gan": self.cfg.loss.gan.weight}
+        return self.three_stages({"fm": self.cfg.loss.fm.weight}, gan, d_trains, self.options.warm_d)
 
     def g_fm(self, step: Step) -> torch.Tensor:
-        step.sr  # the student forward fills its taps
         student = [step.student_features[name] for name in self.student_tap_names]
         teacher = [step.teacher_features[name] for name in self.teacher_tap_names]
         return feature_map_loss(self.nets["adapters"], student, teacher)

@@ -84,6 +84,3 @@ def generate(g: nn.Module, lr: Tensor, cond: Tensor | None = None) -> Tensor:
     """`g`'s output for `lr`; per-sample conditioning (GCFSR's upscaling factors) goes only to a model given one."""
     return g(lr) if cond is None else g(lr, cond)
 
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

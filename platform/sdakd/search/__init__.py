@@ -1,2 +1,3 @@
-"""Search: named spaces (space.py) -> Ray Tune + Optuna + ASHA (runner.py), one trial (trial.py), and the
-stage-prefix cache (prefix.py). Only runner.py imports Ray; import it explicitly, this package imports nothing."""
+"""Search pieces without Ray: named spaces (space.py), one staged trial (trial.py), the stage-prefix cache
+(prefix.py) and a finished search's summary (summary.py). Ray Tune drives them from `sdakd.ray_adapter.search`;
+import the module you need, this package imports nothing."""

@@ -5,11 +5,10 @@ The key of stage k is `stable_hash` of the config's identity minus what cannot h
   (b) `loss.<section>` for loss terms no stage <= k uses (term `gan` and `gan_kd` use `loss.gan`; D terms use
       only `loss.gan.type`, never its weight);
   (c) `student_d.*` while no D trains or feeds the generator in stages <= k;
-  (d) method options the method declares irrelevant (`Method.prefix_exempt_options`, default none).
 plus the teacher's identity and the dataset checksum, which decide results but are not config fields.
 A trial whose stage-k key has a cached file loads it instead of training stages 1..k: its method is built fresh
-(its own seeded init), then only the nets the prefix changed, their Adam state, the EMA and the history are
-overwritten and the position is set to the start of stage k+1, so the rest runs as if it had trained the prefix.
+(its own seeded init), then the engine restores only the nets the prefix changed, their Adam state, the EMA and
+the history, at the start of stage k+1, so the rest runs as if it had trained the prefix.
 No Ray here: the Tune trial and the tests call these functions directly.
 """
 
@@ -24,8 +23,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from sdakd.config import ExperimentConfig, identity_dict, stable_hash
-from sdakd.engine import Engine, Position, Stage, unwrap
+from sdakd.config.identity import identity_dict, stable_hash
+from sdakd.config.schema import ExperimentConfig
+from sdakd.engine import Engine, Stage, unwrap
 from sdakd.engine.checkpoint import load_checkpoint
 from sdakd.errors import SdakdError
 
@@ -44,7 +44,7 @@ def stage_key(cfg: ExperimentConfig, method: Any, k: int, context: Mapping[str, 
     for later in stages[k + 1 :]:
         ident["stages"].pop(later.name, None)  # (a)
     # A randomly initialised VGG is drawn from the RNG after every net is built, so then every net-shaping field
-    # reaches the perceptual loss of stages <= k: keep (b), (c) and (d) whole.
+    # reaches the perceptual loss of stages <= k: keep (b) and (c) whole.
     vgg_drawn_after_nets = "perceptual" in g_terms and cfg.loss.perceptual.vgg_weights is None
     if not vgg_drawn_after_nets:
         loss = ident["loss"]
@@ -54,9 +54,6 @@ def stage_key(cfg: ExperimentConfig, method: Any, k: int, context: Mapping[str, 
         ident["loss"] = kept
         if not d_terms and not _uses("gan", g_terms):
             ident.pop("student_d")  # (c)
-        options = ident["methods"][cfg.method]
-        for name in method.prefix_exempt_options(done):  # (d)
-            options.pop(name, None)
     return stable_hash({"config": ident, "stage": stages[k].name, **context})
 
 
@@ -94,7 +91,7 @@ class PrefixCache:
         path = self.path(key)
         state = load_checkpoint(path, map_location="cpu")
         try:
-            load_prefix(engine, state, k + 1)
+            engine.restore_partial(state, set(state["changed_nets"]), k + 1)
         except (KeyError, RuntimeError, ValueError) as err:
             raise SdakdError(f"prefix cache {path} does not fit this trial's networks: {err}") from None
 
@@ -111,33 +108,3 @@ def changed_nets(nets: nn.ModuleDict, initial: Mapping[str, Mapping[str, torch.T
         for name, net in nets.items()
         if any(not torch.equal(v, initial[name][k]) for k, v in unwrap(net).state_dict().items())
     ]
-
-
-def load_prefix(engine: Engine, state: Mapping[str, Any], next_stage: int) -> None:
-    nets = set(state["changed_nets"])
-    for name in nets:
-        unwrap(engine.method.nets[name]).load_state_dict(state["nets"][name])
-    for saved, opt in ((state["opt_g"], engine.opt_g), (state["opt_d"], engine.opt_d)):
-        if saved and opt is not None:
-            _load_adam_groups(opt, saved, nets)
-    if engine.ema is not None:
-        engine.ema.load_state_dict(state["ema"])
-    engine.history = dict(state["history"])
-    engine.position = Position(next_stage, 0)
-
-
-def _load_adam_groups(opt: torch.optim.Optimizer, saved: Mapping[str, Any], nets: set[str]) -> None:
-    """Adam state of the named groups only: the other nets keep their fresh (empty) state."""
-    groups = {g["net"]: g["params"] for g in opt.param_groups}
-    for group in saved["param_groups"]:
-        if group["net"] not in nets:
-            continue
-        params = groups[group["net"]]
-        if len(params) != len(group["params"]):
-            raise ValueError(f"net {group['net']}: {len(group['params'])} saved params vs {len(params)} here")
-        for index, param in zip(group["params"], params):
-            if index in saved["state"]:
-                # `step` stays a CPU scalar as Adam keeps it; moments follow the parameter
-                opt.state[param] = {
-                    k: v if k == "step" else v.to(param.device) for k, v in saved["state"][index].items()
-                }

@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal, Sequence
 import optuna
 from pydantic import Field, model_validator
 
-from sdakd.config import Base, ExperimentConfig, Frozen, base_config, load_project_yaml, parse_override, with_overrides
+from sdakd.config.load import parse_override, with_overrides
+from sdakd.config.project import Base, base_config, load_project_yaml
+from sdakd.config.schema import ExperimentConfig, Frozen
 from sdakd.errors import SdakdError
 
 SPACES_DIR = "search_spaces"

@@ -1,5 +1,5 @@
-"""One search trial, without Ray: build the experiment, start from the longest cached stage prefix, train the
-rest, and hand a report to `report` at every stage end (the Tune adapter forwards it to `ray.tune.report`).
+"""One search trial, without Ray: the run routine (`sdakd.pipeline.run`) started from the longest cached stage
+prefix, handing a report to `report` at every stage end (the Tune adapter forwards it to `ray.tune.report`).
 
 A report holds the stage's eval metrics, the student's cost (MACs, params: objectives of a Pareto search), the
 stage index, whether it is the trial's last stage, and how many iterations this process trained (the compute
@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from sdakd.config import ExperimentConfig
+from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, Stage, unwrap
 from sdakd.evaluate import count_params, macs
-from sdakd.pipeline import Experiment, build_experiment, cost_side
+from sdakd.evaluate.validator import cost_side
+from sdakd.experiment import Experiment, Placement
+from sdakd.pipeline import Start, run
 from sdakd.search.prefix import PrefixCache, changed_nets, snapshot, stage_keys
 
 # metrics, and the stage checkpoint file to keep with them (None when the stage came from the cache)
@@ -47,6 +49,24 @@ class StageReports(Callbacks):
         self.on_final = on_final
         self.prefix_stages = 0
         self.start_step = 0
+
+    def start(self, resume: Path | None) -> Start:
+        """Where the trial starts: its own stage checkpoint (Tune already holds its reports up to there), else
+        after the longest cached prefix, whose stages are reported as if trained here."""
+
+        def start(exp: Experiment) -> None:
+            self.attach(exp)
+            engine = exp.engine
+            if resume is not None:
+                engine.resume(resume)
+            elif self.cache is not None:
+                self.prefix_stages = self.cache.load_longest(self.keys, engine)
+            self.start_step = engine.global_step()
+            for index, stage in enumerate(engine.stages[: self.prefix_stages]):
+                if stage.iters:  # schedulers count one report per trained stage, cached or not
+                    self.send(index, engine.history[stage.name], None)
+
+        return start
 
     def attach(self, exp: Experiment) -> None:
         self.exp = exp
@@ -94,23 +114,14 @@ def run_trial(
     prefix_cache: bool = True,
     resume: Path | None = None,
     on_final: Callable[[Experiment], None] | None = None,
-    **build: Any,
+    placement: Placement = Placement(),
+    command: str | None = None,
 ) -> Experiment:
     """Train `cfg` through all its stages, reporting each; `resume` is a stage checkpoint of this same trial.
-    `on_final(exp)` runs (on the writing rank) once the last stage is trained, before its report.
-    `build` goes to `build_experiment` (a Ray Train worker passes its rank, device, DDP wrapper, writer)."""
+    `on_final(exp)` runs (on the writing rank) once the last stage is trained, before its report. A Ray Train
+    worker passes its `placement` (rank, device, DDP wrapper)."""
     cache = PrefixCache(cfg.run.cache_dir) if prefix_cache else None
-    reports = StageReports(report, cache, build.get("writer", True), on_final)
-    exp = build_experiment(cfg, callbacks=[reports], **build)
-    reports.attach(exp)
-    engine = exp.engine
-    if resume is not None:
-        engine.resume(resume)  # Tune already holds this trial's reports up to here
-    elif reports.cache is not None:
-        reports.prefix_stages = reports.cache.load_longest(reports.keys, engine)
-    reports.start_step = engine.global_step()
-    for index, stage in enumerate(engine.stages[: reports.prefix_stages]):
-        if stage.iters:  # schedulers count one report per trained stage, cached or not
-            reports.send(index, engine.history[stage.name], None)
-    engine.run()
-    return exp
+    reports = StageReports(report, cache, placement.writer, on_final)
+    # Trials report their scores stage by stage; the final files (metrics.json, student.pt) are for full runs.
+    return run(cfg, start=reports.start(resume), placement=placement, callbacks=[reports], command=command,
+               save=False)

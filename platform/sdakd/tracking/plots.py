@@ -33,7 +33,7 @@ def sample_grid(exp: Any, path: Path) -> Path:
         panels = [
             F.interpolate(lr.unsqueeze(0), scale_factor=scale, mode="nearest"),
             bicubic_up(lr.unsqueeze(0), scale),
-            exp.validator._run(g, lr, *cond),  # the validator's own inference: device, conditioning, clamp
+            exp.validator.run(g, lr, *cond),  # the validator's own inference: device, conditioning, clamp
             teacher,
             hr.unsqueeze(0),
         ]

@@ -1,9 +1,10 @@
 """One trial or grid cell as an MLflow run nested under its parent: params, tags, metrics, artifacts.
 
-Executors wrap `run_experiment` like this (the engine never sees MLflow):
+Executors wrap the run routine like this (the engine never sees MLflow):
 
     with tracked_run(uri, experiment_id, parent_id, name, cfg, tags) as tracker:
-        run_experiment(cfg, callbacks=[tracker], on_done=tracker.on_done)
+        exp = train(cfg, callbacks=[tracker])
+        tracker.on_done(exp, exp.metrics)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from sdakd.config import ExperimentConfig, config_hash
+from sdakd.config.identity import config_hash
+from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, Stage
 from sdakd.tracking import plots
 from sdakd.tracking.store import CONFIG_HASH, SEED
@@ -96,9 +98,9 @@ class TrackedRun(Callbacks):
         self.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, global_step)
         self.flush()
 
-    # ------------------------------------------------------------------ the end of run_experiment
+    # ------------------------------------------------------------------ the end of a run
     def on_done(self, exp: Any, metrics: Mapping[str, Any]) -> None:
-        """Final numbers, what the run turned out to use, and its files (`exp` is pipeline.Experiment)."""
+        """Final numbers, what the run turned out to use, and its files (`exp` is sdakd.experiment.Experiment)."""
         info = metrics["info"]
         self.log_metrics(numbers(metrics))
         self.flush()
@@ -107,7 +109,7 @@ class TrackedRun(Callbacks):
                 "sdakd.dataset_checksum": info["dataset_checksum"],
                 "sdakd.teacher": info["teacher"],
                 "sdakd.teacher_source": info["teacher_source"],
-                "sdakd.lpips_pretrained": metrics.get("lpips") is not None,
+                "sdakd.lpips_pretrained": "lpips" in metrics["student"],
                 "sdakd.device": info["device"],
             }
         )

@@ -18,7 +18,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-from sdakd.config import REPO_ROOT
+from sdakd.config.project import REPO_ROOT
 from sdakd.errors import SdakdError
 
 URI_ENV = "SDAKD_TRACKING_URI"

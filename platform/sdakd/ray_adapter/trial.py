@@ -16,9 +16,9 @@ from typing import Any, Callable
 import ray.train
 from ray.tune.integration.ray_train import TuneReportCallback  # imported by name: Ray does not re-export it
 
-from sdakd.config import ExperimentConfig
-from sdakd.distributed.train import Worker, make_trainer, report_to_ray, with_absolute_paths
-from sdakd.pipeline import Experiment
+from sdakd.config.schema import ExperimentConfig
+from sdakd.experiment import Experiment
+from sdakd.ray_adapter.train import Worker, make_trainer, report_to_ray, with_absolute_paths
 from sdakd.search.trial import run_trial
 
 
@@ -34,7 +34,8 @@ def trial_loop(config: dict[str, Any]) -> None:
             prefix_cache=config["prefix_cache"],
             resume=resume,
             on_final=config["on_final"],
-            **worker.build_options(),
+            placement=worker.placement,
+            command=config["command"],
         )
 
 
@@ -53,6 +54,8 @@ def tune_trial(
     `on_final` (pickled) as `run_trial` does. `name` identifies the trial's Train run in the storage root
     (`default_storage` when none is configured)."""
     cfg = with_absolute_paths(cfg, default_storage)
-    loop_config = {"config": cfg.to_dict(), "prefix_cache": prefix_cache, "on_final": on_final}
+    loop_config = {
+        "config": cfg.to_dict(), "prefix_cache": prefix_cache, "on_final": on_final, "command": f"sdakd search  # {name}"
+    }
     callbacks = [TuneReportCallback()]
     make_trainer(trial_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker, callbacks).fit()

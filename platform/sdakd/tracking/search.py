@@ -1,7 +1,8 @@
-"""A search in MLflow: a parent run per search, a child run per Tune trial, logged from the driver.
+"""A search in MLflow: a parent run per search, a child run per trial, logged from the driver.
 
 The driver sees every trial's reports and how it ended (finished, stopped by ASHA, errored), wherever the trial
-ran, so it logs them: a trial killed with its node still gets its run closed. A resumed search (`--resume`) finds
+ran, so it logs them (the Tune callback in `sdakd.ray_adapter.search` forwards to `TrialRuns`): a trial killed
+with its node still gets its run closed. A resumed search (`--resume`) finds
 its parent and its trials' runs by tag and logs on into them. Only pictures need the trained nets: a trial that
 trains all its stages attaches its sample grid itself (`log_samples`).
 """
@@ -13,9 +14,9 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from ray import tune
 
-from sdakd.config import ExperimentConfig, with_overrides
+from sdakd.config.load import with_overrides
+from sdakd.config.schema import ExperimentConfig
 from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest
 from sdakd.tracking import plots
 from sdakd.tracking.run import TrackedRun, start_child_run
@@ -51,8 +52,8 @@ def log_samples(search: SearchRun, trial_id: str, exp: Any) -> None:
     client.log_artifact(run_id, str(plots.sample_grid(exp, exp.out_dir / "samples.png")), "plots")
 
 
-class TrialRuns(tune.Callback):
-    """Each Tune trial as an MLflow child run of the search's parent run."""
+class TrialRuns:
+    """Each trial as an MLflow child run of the search's parent run; trials are Tune's, passed as they are."""
 
     def __init__(self, search: SearchRun, space: Space, base: ExperimentConfig, tags: dict[str, str]) -> None:
         self.search = search
@@ -61,7 +62,7 @@ class TrialRuns(tune.Callback):
         self.tags = tags
         self.runs: dict[str, TrackedRun] = {}
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune snapshots its callbacks; clients and run handles stay here
+    def __getstate__(self) -> dict[str, Any]:  # Tune snapshots its callbacks: clients and run handles stay here
         return {k: v for k, v in self.__dict__.items() if k != "runs"} | {"runs": {}}
 
     def run(self, trial: Any) -> TrackedRun:
@@ -81,10 +82,7 @@ class TrialRuns(tune.Callback):
         self.runs[trial.trial_id] = tracker
         return tracker
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def result(self, trial: Any, result: dict) -> None:
         tracker = self.run(trial)
         values = {f"eval/{k}": result[k] for k in OBJECTIVE_METRICS if k in result and k not in ("macs", "params")}
         values |= {k: result[k] for k in PROGRESS}
@@ -92,12 +90,12 @@ class TrialRuns(tune.Callback):
         tracker.log_metrics({k: result[k] for k in ("macs", "params")})
         tracker.flush()
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def complete(self, trial: Any) -> None:
         tracker = self.run(trial)
         final = bool((trial.last_result or {}).get("final"))
         tracker.set_tags({"sdakd.stopped_early": not final})
         tracker.client.set_terminated(tracker.run_id, "FINISHED" if final else "KILLED")
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def error(self, trial: Any) -> None:
         tracker = self.run(trial)
         tracker.client.set_terminated(tracker.run_id, "FAILED")

@@ -11,10 +11,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import ray
+import torch
+from ray import tune
+
 from sdakd.ablate.grid import EXPERIMENT, ROLE, Cell, load_grid
 from sdakd.ablate.report import report
-from sdakd.config import storage_root, with_overrides
+from sdakd.config.load import with_overrides
 from sdakd.engine.checkpoint import LAST, linked_folder
+from sdakd.engine.device import resolve_device
+from sdakd.pipeline import train
+from sdakd.ray_adapter.cluster import connect, storage_root
+from sdakd.teacher.cache import prepare_inputs
 from sdakd.tracking.run import tracked_run
 from sdakd.tracking.store import CELL_KEY, Store, git_tags, resolve_uri
 
@@ -32,7 +40,9 @@ def ablate(name: str, seeds: Sequence[int] | None = None, force: bool = False, u
     try:
         if todo:
             jobs = [placed(c, grid.name) for c in todo]
-            prepare_inputs(jobs)
+            device = resolve_device("auto")  # not the cells' device: a cell pinned to a missing GPU fails as a cell
+            for job in jobs:
+                prepare_inputs(job.cfg, device)
             failed = run_cells(jobs, store.uri, experiment_id, parent, grid.name)
         ok = not failed
     finally:
@@ -51,30 +61,8 @@ def placed(cell: Cell, grid: str) -> Cell:
     return Cell(cell.name, cell.kind, with_overrides(cell.cfg, run))
 
 
-def prepare_inputs(cells: Sequence[Cell]) -> None:
-    """Build the dataset and pretrain each distinct teacher once, in this process, on its best device."""
-    from sdakd.methods import METHODS
-    from sdakd.pipeline import build_teacher, ensure_dataset, pretrain_key, resolve_device
-
-    device = resolve_device("auto")  # not the cells' device: a cell pinned to a missing GPU fails as a cell
-    teachers = set()
-    for cell in cells:
-        cfg = cell.cfg
-        data = ensure_dataset(cfg)
-        if METHODS.get(cfg.method).uses_teacher and cfg.teacher.weights is None:
-            key = pretrain_key(cfg, data)
-            if key not in teachers:
-                build_teacher(cfg, data, device)
-                teachers.add(key)
-
-
 def run_cells(cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, grid: str) -> list[str]:
     """One Tune trial per cell, as many at once as the cluster has CPUs (one each); returns the failed runs."""
-    import ray
-    from ray import tune
-
-    from sdakd.distributed import connect
-
     started = connect()  # a caller's Ray (a cluster, a test) is used and left running
     gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     jobs = {f"{i:03d}-{c.run_name}": c for i, c in enumerate(cells)}
@@ -102,11 +90,6 @@ def run_cells(cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, 
 
 def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, Any]) -> None:
     """The Tune trial: one cell, one thread, one MLflow child run."""
-    import torch
-    from ray import tune
-
-    from sdakd.pipeline import run_experiment
-
     torch.set_num_threads(1)  # one CPU per cell: more threads only fight the other cells
     cell = jobs[config["cell"]]
     tags = context["tags"] | {
@@ -119,8 +102,9 @@ def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, A
     run = (context["uri"], context["experiment_id"], context["parent"], cell.run_name, cell.cfg, tags)
     with tracked_run(*run) as tracker:
         command = f"sdakd ablate {context['grid']}  # cell {cell.name}, seed {cell.cfg.seed}"
-        metrics = run_experiment(cell.cfg, callbacks=[tracker], on_done=tracker.on_done, command=command)
+        exp = train(cell.cfg, callbacks=[tracker], command=command)
+        tracker.on_done(exp, exp.metrics)
     # The node's run folder may not outlive it: Tune copies the final training state and the student to storage.
     out = cell.cfg.run.out_dir
     with linked_folder(out / "checkpoints" / LAST, out / "student.pt") as folder:
-        tune.report({"psnr_y": metrics["student"]["psnr_y"]}, checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report({"psnr_y": exp.metrics["student"]["psnr_y"]}, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -1,7 +1,7 @@
 """`sdakd train --workers N`: the same engine under Ray Train's TorchTrainer, one process per worker.
 
-Each worker re-validates the config, builds the experiment for its rank and runs the stage loop with the trainable
-nets in DDP. Data needs no Ray Data: StepBatches hands rank r its slice of each step's global batch, so N workers
+Each worker re-validates the config and runs the run routine (`sdakd.pipeline.run`) for its rank, with the
+trainable nets in DDP. Data needs no Ray Data: StepBatches hands rank r its slice of each step's global batch, so N workers
 of batch B see exactly the pixels one worker of batch N*B sees, prepared in-process with no extra hop. Rank 0
 writes the checkpoints, which Ray keeps in `run.storage_path` and hands back to a worker group restarted after a
 failure, and the run's files (config.yaml, student.pt, metrics.json) in the run folder, as the local path does.
@@ -23,23 +23,18 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from sdakd.config import ExperimentConfig, absolute_paths, storage_root, validate, with_overrides
-from sdakd.distributed.ddp import wrap_trainable
-from sdakd.distributed.faults import FailOnce, fault_from_env
-from sdakd.engine import Callbacks, Position, Stage, unwrap
+from sdakd.config.load import absolute_paths, validate, with_overrides
+from sdakd.config.schema import ExperimentConfig
+from sdakd.engine import Callbacks, ConsoleProgress, Position, Stage, unwrap
 from sdakd.engine.checkpoint import linked_folder
+from sdakd.engine.ddp import wrap_trainable
 from sdakd.errors import SdakdError
-from sdakd.pipeline import (
-    ConsoleProgress,
-    Experiment,
-    build_experiment,
-    check_resumable,
-    out_dir_for,
-    run_stages,
-    save_results,
-    shared_inputs,
-    write_run_files,
-)
+from sdakd.experiment import Experiment, Placement, out_dir_for
+from sdakd.pipeline import resume_from, run
+from sdakd.ray_adapter.cluster import storage_root
+from sdakd.ray_adapter.faults import FailOnce, fault_from_env
+from sdakd.run_folder import resume_path
+from sdakd.teacher.cache import prepare_inputs
 
 
 def with_absolute_paths(cfg: ExperimentConfig, default_storage: Path = Path("ray_results")) -> ExperimentConfig:
@@ -87,14 +82,6 @@ def report_to_ray(metrics: dict[str, Any], path: Path | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def prepare_shared_files(cfg: ExperimentConfig, rank: int, device: torch.device) -> None:
-    """Rank 0 builds the bundled dataset and pretrains the teacher into the cache while the others wait: builds
-    on several ranks at once would race on the same files. The others then load what rank 0 wrote."""
-    if rank == 0:
-        shared_inputs(cfg, device)
-    dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def ranks_agree(exp: Experiment) -> bool:
     """Whether every rank ends with the same weights (DDP should see to it; this checks it on every run)."""
     digest = hashlib.sha256()
@@ -110,57 +97,56 @@ def ranks_agree(exp: Experiment) -> bool:
 class Worker:
     """This process's place in the worker group, and the config it was sent."""
 
-    rank: int
-    world_size: int
+    placement: Placement
     cfg: ExperimentConfig
-    device: torch.device
 
     @classmethod
     def start(cls, config: dict[str, Any]) -> Worker:
-        """Read the group and the config; with several workers, wait until rank 0 has the shared files ready."""
+        """Read the group and the config; with several workers, rank 0 builds the bundled dataset and pretrains
+        the teacher into the caches while the others wait (builds on several ranks at once would race on the
+        same files), then the others load what rank 0 wrote."""
         context = ray.train.get_context()
         cfg = validate(config["config"], "the config sent to the Ray Train workers")
-        worker = cls(context.get_world_rank(), context.get_world_size(), cfg, ray.train.torch.get_device())
-        if worker.world_size > 1:
-            prepare_shared_files(cfg, worker.rank, worker.device)
+        rank, world_size, device = context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
+        # one worker has no grads to average: it runs the nets bare, as the local path does
+        prepare = partial(wrap_trainable, device=device) if world_size > 1 else None
+        worker = cls(Placement(rank, world_size, device, prepare, writer=rank == 0), cfg)
+        if world_size > 1:
+            if rank == 0:
+                prepare_inputs(cfg, device)
+            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
         return worker
 
-    def build_options(self) -> dict[str, Any]:
-        """`build_experiment`'s arguments for this worker: its batch slice, device, DDP and whether it writes."""
-        return {
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "device": self.device,
-            # one worker has no grads to average: it runs the nets bare, as the local path does
-            "prepare": partial(wrap_trainable, device=self.device) if self.world_size > 1 else None,
-            "writer": self.rank == 0,
-        }
+
+def _start(config: dict[str, Any]) -> Callable[[Experiment], None] | None:
+    """Where a worker group starts: the checkpoint Ray hands a group restarted after a failure, else `resume`."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return resume_from(Path(config["resume"])) if config["resume"] else None
+
+    def start(exp: Experiment) -> None:
+        with checkpoint.as_directory() as folder:
+            resume_from(Path(folder))(exp)
+
+    return start
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """One Ray Train worker; returns the final metrics on rank 0 (Ray hands them to the driver)."""
     worker = Worker.start(config)
-    rank, world_size = worker.rank, worker.world_size
+    placement = worker.placement
+    rank, world_size = placement.rank, placement.world_size
     callbacks: list[Callbacks] = [ConsoleProgress(prefix=f"rank 0/{world_size} ")] if rank == 0 else []
     callbacks += [*config["callbacks"], RayReport()]
     if config["fault"] and rank == world_size - 1:
         callbacks.append(FailOnce(**config["fault"]))
-    exp = build_experiment(worker.cfg, callbacks=callbacks, **worker.build_options())
-    if rank == 0:
-        write_run_files(exp, config["command"])
-    checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the worker group after a failure
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            exp.engine.resume(Path(folder))
-    elif config["resume"]:
-        exp.engine.resume(Path(config["resume"]))
-    if rank == 0 and exp.engine.global_step():
-        print(f"resumed at global step {exp.engine.global_step()}", flush=True)
-    run_stages(exp)
-    agree = ranks_agree(exp) if world_size > 1 else True
-    if rank != 0:
-        return None
-    return save_results(exp, workers=world_size, ranks_agree=agree)
+
+    def finish(exp: Experiment) -> dict[str, Any]:
+        return {"workers": world_size, "ranks_agree": ranks_agree(exp) if world_size > 1 else True}
+
+    exp = run(worker.cfg, start=_start(config), placement=placement, callbacks=callbacks,
+              command=config["command"], finish=finish)
+    return exp.metrics
 
 
 def train_distributed(
@@ -184,21 +170,17 @@ def train_distributed(
             "allowed: workers >= 1, gpus_per_worker >= 0, cpus_per_worker > 0"
         )
     cfg = with_absolute_paths(cfg)
-    out_dir = cfg.run.out_dir
-    if resume is True:
-        resume = out_dir / "checkpoints"
-    if resume:
-        check_resumable(cfg, Path(resume))  # before Ray starts: a checkpoint of other networks fails here
+    path = resume_path(cfg, resume)  # before Ray starts: a checkpoint of other networks fails here
     loop_config = {
         "config": cfg.to_dict(),
-        "resume": str(Path(resume).absolute()) if resume else None,
+        "resume": str(path) if path else None,
         "command": command or shlex.join(sys.argv),
         "callbacks": list(callbacks),
         "fault": fault_from_env(),
     }
     # A fresh Ray run name each time: Ray resumes a run whose name it finds in storage, and a new `sdakd train`
     # starts over, as locally (`resume` is the way to continue).
-    name = f"{out_dir.name}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
+    name = f"{cfg.run.out_dir.name}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
     return make_trainer(train_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker).fit()
 
 

@@ -1,5 +1,6 @@
 """`sdakd search NAME`: Ray Tune over a named space, Optuna's TPE (seeded, stored in sqlite) proposing trials, ASHA
-stopping weak ones after each stage. The only module (with sdakd.distributed) that imports Ray Tune.
+stopping weak ones after each stage. What is not Ray (the trial itself, the prefix cache, the summary) lives in
+`sdakd.search`; what is MLflow in `sdakd.tracking.search`.
 
 Layout of a search folder (`run.out_dir` of the base config, default runs/search-<name>):
   tune/        the Tune experiment (trial folders, per-stage checkpoints); `--resume` restores it. With a
@@ -13,50 +14,43 @@ Layout of a search folder (`run.out_dir` of the base config, default runs/search
 
 Resources. A 1-worker trial runs the engine inside the Tune trial (no extra actors, torch threads = its CPUs).
 When ASHA stops it, its thread ends at the report it is blocked in, so its CPUs are free for the next trial at
-once. A multi-worker trial runs a Ray Train TorchTrainer (sdakd.distributed) whose controller is an actor
+once. A multi-worker trial runs a Ray Train TorchTrainer (`trial.tune_trial`) whose controller is an actor
 owned by the trial's actor, holding the workers' placement group. A stopped trial's actor is therefore never
 reused and is force-killed after a few seconds if its graceful stop hangs (TUNE_FORCE_TRIAL_CLEANUP_S): the
 controller dies with it and Ray Train's placement-group cleaner frees the bundles before the next trial starts
 its workers, instead of Tune's default ten minutes during which that trial would time out waiting for them.
 Such a trial's function reserves nothing itself; `concurrency` bounds how many trainers want workers at once.
 
-MLflow: a parent run per search in the experiment "sdakd-searches" and a child run per trial (search/tracking.py).
+MLflow: a parent run per search in the experiment "sdakd-searches" and a child run per trial (tracking/search.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
-import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sdakd.config import (
-    ExperimentConfig,
-    absolute_paths,
-    dump_yaml,
-    load_config,
-    storage_root,
-    validate,
-    with_overrides,
-)
-from sdakd.distributed import connect, tune_trial
+from sdakd.config.load import absolute_paths, dump_yaml, load_config, validate, with_overrides
+from sdakd.config.schema import ExperimentConfig
+from sdakd.engine.device import resolve_device
 from sdakd.errors import SdakdError
-from sdakd.pipeline import resolve_device, shared_inputs
-from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest, load_space
-from sdakd.search.tracking import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_samples
+from sdakd.ray_adapter.cluster import connect, storage_root
+from sdakd.ray_adapter.trial import tune_trial
+from sdakd.search.space import Space, Suggest, load_space
+from sdakd.search.summary import Summary, TrialRow, fail_orphans, summarize
 from sdakd.search.trial import run_trial
+from sdakd.teacher.cache import prepare_inputs
+from sdakd.tracking.search import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_samples
 from sdakd.tracking.store import Store, git_tags, resolve_uri
 
 STATE_FILE = "engine.pt"
@@ -67,16 +61,6 @@ NESTED_CLEANUP_S = "5"
 # A multi-worker trial's function only waits on its TorchTrainer, whose workers hold the CPUs and GPUs; Tune
 # refuses a trial that asks for nothing, so it asks for a sliver.
 NESTED_TRIAL_CPU = 0.01
-# Kept per trial in trials.json next to the objectives: where it stopped, what it cost, when it ran.
-TRIAL_FIELDS = ("stage", "trained_iters", "prefix_stages", "world_size", "time_total_s", "timestamp")
-
-
-@dataclass
-class Summary:
-    space: Space
-    folder: Path
-    trials: list[dict[str, Any]]
-    best: list[dict[str, Any]]  # one trial, or the Pareto set
 
 
 def run_named(
@@ -115,7 +99,7 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
         raise SdakdError(f"--resume needs the --set values the search started with (its base config: {saved})")
     store = Store(resolve_uri(tracking_uri, base.run.tracking_uri))  # an unreachable server fails here
     # Build the dataset and pretrain the teacher once, here, so concurrent trials never race on those caches.
-    shared_inputs(base, resolve_device(base.run.device))
+    prepare_inputs(base, resolve_device(base.run.device))
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_S)
     if nested:
@@ -157,12 +141,11 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
                     name=tune_name,
                     storage_path=tune_storage,
                     verbose=0,
-                    callbacks=[Progress(space), runs],
+                    callbacks=[Progress(space), TrialRunsCallback(runs)],
                 ),
             )
-        grid = tuner.fit()
-        summary = summarize(space, base, folder, grid)
-        _fail_orphans(storage_db, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
+        summary = summarize(space, base, folder, [_row(result) for result in tuner.fit()])
+        fail_orphans(storage_db, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
         store.log_files(parent, [folder / "trials.json"])
         best_folder = "pareto" if len(space.objectives) > 1 else None
         store.log_files(parent, [Path(t["file"]) for t in summary.best], best_folder)
@@ -227,6 +210,7 @@ def _trial(
     cfg = with_overrides(validate(base), Suggest.overrides(params) | {"run.out_dir": str(trial_dir / "run")})
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stage checkpoint
     samples = partial(log_samples, search_run, trial_id)  # a trial that trains all its stages shows its pictures
+    command = f"sdakd search  # trial {trial_id}"
     if resources["workers"] > 1:
         tune_trial(
             cfg,
@@ -242,7 +226,7 @@ def _trial(
     checkpoint = tune.get_checkpoint()
     resume = Path(checkpoint.to_directory()) / STATE_FILE if checkpoint else None
     torch.set_num_threads(max(1, int(resources["cpu"])))
-    run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume, on_final=samples)
+    run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume, on_final=samples, command=command)
 
 
 def _report(metrics: dict[str, Any], state_file: Path | None) -> None:
@@ -275,78 +259,26 @@ class Progress(tune.Callback):
         print(f"trial {trial.trial_id} {how}", flush=True)
 
 
-def summarize(space: Space, base: ExperimentConfig, folder: Path, grid: tune.ResultGrid) -> Summary:
-    trials = []
-    for result in grid:
-        metrics = result.metrics or {}
-        trials.append(
-            {
-                "trial_id": metrics.get("trial_id", Path(result.path).name),
-                "config": result.config,
-                "metrics": {k: metrics.get(k) for k in (*OBJECTIVE_METRICS, *TRIAL_FIELDS)},
-                "final": bool(metrics.get("final")),
-                "error": str(result.error) if result.error else None,
-            }
-        )
-    finished = [t for t in trials if t["final"]]
-    best = pareto_front(space, finished) if len(space.objectives) > 1 else _best(space, finished)
-    (folder / "trials.json").write_text(json.dumps(trials, indent=2, default=str))
-    write_best(space, base, folder, best)
-    return Summary(space, folder, trials, best)
+class TrialRunsCallback(tune.Callback):
+    """Tune's trial events, forwarded to the search's MLflow runs."""
+
+    def __init__(self, runs: TrialRuns) -> None:
+        self.runs = runs
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.runs.run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.runs.result(trial, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.runs.complete(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.runs.error(trial)
 
 
-def _score(space: Space, trial: dict[str, Any]) -> tuple[float, ...]:
-    """The trial's objectives, signed so that larger is better on every axis."""
-    return tuple(trial["metrics"][o.metric] * (1 if o.mode == "max" else -1) for o in space.objectives)
-
-
-def _best(space: Space, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [max(trials, key=partial(_score, space))] if trials else []
-
-
-def pareto_front(space: Space, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials no other trial beats on every objective, sorted by the first objective (best first)."""
-    scores = [_score(space, t) for t in trials]
-
-    def dominated(s: tuple[float, ...]) -> bool:
-        return any(o != s and all(a >= b for a, b in zip(o, s)) for o in scores)
-
-    return [t for s, t in sorted(zip(scores, trials), key=lambda st: st[0], reverse=True) if not dominated(s)]
-
-
-def trial_config(base: ExperimentConfig, trial: dict[str, Any]) -> ExperimentConfig:
-    return with_overrides(base, Suggest.overrides(trial["config"]))
-
-
-def write_best(space: Space, base: ExperimentConfig, folder: Path, best: list[dict[str, Any]]) -> None:
-    """Full resolved configs, so `sdakd train --config FILE` reproduces a trial without the space file."""
-    files = [folder / "best.yaml"] if len(space.objectives) == 1 else [
-        folder / "pareto" / f"{rank}.yaml" for rank in range(len(best))
-    ]
-    for path, trial in zip(files, best):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(dump_yaml(trial_config(base, trial)))
-        trial["file"] = str(path)
-
-
-def _fail_orphans(storage: str, study_name: str, known: set[int]) -> None:
-    """Optuna trials asked by a killed driver after its last snapshot belong to no Tune trial: close them as
-    FAIL so the stored study lists each Tune trial once and nothing stays RUNNING forever."""
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.number not in known:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-
-
-def print_summary(summary: Summary) -> None:
-    space, trials = summary.space, summary.trials
-    stopped = sum(not t["final"] and not t["error"] for t in trials)
-    errored = sum(bool(t["error"]) for t in trials)
-    print(f"\n{len(trials)} trials: {len(trials) - stopped - errored} finished, {stopped} stopped early, "
-          f"{errored} errored; results in {summary.folder}")
-    if not summary.best:
-        print("no trial trained all its stages: no best config")
-    for trial in summary.best:
-        scores = ", ".join(f"{o.metric}={trial['metrics'][o.metric]:.4g}" for o in space.objectives)
-        params = ", ".join(f"{k}={v}" for k, v in Suggest.overrides(trial["config"]).items())
-        print(f"{'best' if len(space.objectives) == 1 else 'pareto'}: {scores} | {params} -> {trial['file']}")
+def _row(result: tune.Result) -> TrialRow:
+    metrics = result.metrics or {}
+    error = str(result.error) if result.error else None
+    return TrialRow(metrics.get("trial_id", Path(result.path).name), result.config, metrics, error)

@@ -1,0 +1,100 @@
+"""One run's rooms, built from its config: inputs (data, teacher) -> method -> validator -> engine.
+
+Adapters give their place in a worker group (`Placement`: rank, device, a DDP wrapper) and their engine
+callbacks; nothing here imports Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from sdakd.config.identity import config_hash
+from sdakd.config.schema import ExperimentConfig
+from sdakd.data.dataset import Dataset, train_batches
+from sdakd.engine import Callbacks, Engine
+from sdakd.engine.device import resolve_device
+from sdakd.evaluate.validator import Validator
+from sdakd.methods import METHODS
+from sdakd.methods.base import Method
+from sdakd.teacher.cache import prepare_inputs
+from sdakd.teacher.frozen import Teacher
+
+
+def out_dir_for(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.run.out_dir or Path("runs") / f"{cfg.method}-{config_hash(cfg)}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This process's place in a worker group; the default is a local run's: the only worker."""
+
+    rank: int = 0
+    world_size: int = 1  # workers sharing each step's global batch
+    device: torch.device | None = None  # None: the config's run.device
+    prepare: Callable[[Method], None] | None = None  # wraps the method's nets (DDP) before the engine is made
+    # Whether this process writes the run's files and scores its stages: rank 0 alone under Ray Train (the other
+    # ranks hold the same weights); False for a throwaway run (benchmarks).
+    writer: bool = True
+
+
+@dataclass
+class Experiment:
+    """Everything built for one run."""
+
+    cfg: ExperimentConfig
+    device: torch.device
+    data: Dataset
+    teacher: Teacher | None
+    method: Method
+    validator: Validator
+    out_dir: Path
+    placement: Placement
+    engine: Engine = field(init=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None  # metrics.json, once the run is saved
+
+    @property
+    def world_size(self) -> int:
+        return self.placement.world_size
+
+
+def build_experiment(
+    cfg: ExperimentConfig, placement: Placement = Placement(), callbacks: Iterable[Callbacks] = ()
+) -> Experiment:
+    device = placement.device or resolve_device(cfg.run.device)
+    method_cls = METHODS.get(cfg.method)
+    started = time.perf_counter()
+    data, teacher = prepare_inputs(cfg, device)
+    torch.manual_seed(cfg.seed)  # student init depends on the seed alone, not on what ran before
+    method = method_cls(cfg, teacher).to(device)
+    if cfg.optim.channels_last and device.type == "cuda":
+        method.nets.to(memory_format=torch.channels_last)
+    if placement.prepare is not None:
+        placement.prepare(method)
+    validator = Validator(cfg, data, teacher, device)
+    exp = Experiment(cfg, device, data, teacher, method, validator, out_dir_for(cfg), placement)
+    batches = train_batches(cfg, data, cfg.data.batch_size, placement.rank, placement.world_size)
+    exp.engine = Engine(
+        method,
+        batches.__getitem__,
+        device=device,
+        lr_g=cfg.optim.lr_g,
+        lr_d=cfg.optim.lr_d,
+        betas=cfg.optim.betas,
+        ema_decay=cfg.optim.ema,
+        amp=cfg.optim.amp,
+        checkpoint_dir=exp.out_dir / "checkpoints",
+        checkpoint_every=cfg.run.checkpoint_every,
+        log_every=cfg.run.log_every,
+        evaluate=(lambda: exp.validator.student(exp.engine.eval_generator())) if placement.writer else None,
+        callbacks=callbacks,
+        writer=placement.writer,
+        metadata={"config": cfg.to_dict(), "config_hash": config_hash(cfg)},
+    )
+    exp.timings["setup_s"] = time.perf_counter() - started
+    return exp

@@ -1,0 +1,114 @@
+"""A finished search, without Ray: every trial's parameters and last report, the best config (or the Pareto
+set of a multi-objective space) written as full configs, and the study's orphans closed.
+
+The Tune adapter (`sdakd.ray_adapter.search`) hands over each trial as a plain row: its id, the config Tune
+gave it, its last reported metrics and its error, if any.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sdakd.config.load import dump_yaml, with_overrides
+from sdakd.config.schema import ExperimentConfig
+from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest
+
+# Kept per trial in trials.json next to the objectives: where it stopped, what it cost, when it ran.
+TRIAL_FIELDS = ("stage", "trained_iters", "prefix_stages", "world_size", "time_total_s", "timestamp")
+
+
+@dataclass
+class Summary:
+    space: Space
+    folder: Path
+    trials: list[dict[str, Any]]
+    best: list[dict[str, Any]]  # one trial, or the Pareto set
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+
+
+def summarize(space: Space, base: ExperimentConfig, folder: Path, rows: list[TrialRow]) -> Summary:
+    trials = [
+        {
+            "trial_id": row.trial_id,
+            "config": row.config,
+            "metrics": {k: row.metrics.get(k) for k in (*OBJECTIVE_METRICS, *TRIAL_FIELDS)},
+            "final": bool(row.metrics.get("final")),
+            "error": row.error,
+        }
+        for row in rows
+    ]
+    finished = [t for t in trials if t["final"]]
+    best = pareto_front(space, finished) if len(space.objectives) > 1 else _best(space, finished)
+    (folder / "trials.json").write_text(json.dumps(trials, indent=2, default=str))
+    write_best(space, base, folder, best)
+    return Summary(space, folder, trials, best)
+
+
+def _score(space: Space, trial: dict[str, Any]) -> tuple[float, ...]:
+    """The trial's objectives, signed so that larger is better on every axis."""
+    return tuple(trial["metrics"][o.metric] * (1 if o.mode == "max" else -1) for o in space.objectives)
+
+
+def _best(space: Space, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [max(trials, key=partial(_score, space))] if trials else []
+
+
+def pareto_front(space: Space, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials no other trial beats on every objective, sorted by the first objective (best first)."""
+    scores = [_score(space, t) for t in trials]
+
+    def dominated(s: tuple[float, ...]) -> bool:
+        return any(o != s and all(a >= b for a, b in zip(o, s)) for o in scores)
+
+    return [t for s, t in sorted(zip(scores, trials), key=lambda st: st[0], reverse=True) if not dominated(s)]
+
+
+def trial_config(base: ExperimentConfig, trial: dict[str, Any]) -> ExperimentConfig:
+    return with_overrides(base, Suggest.overrides(trial["config"]))
+
+
+def write_best(space: Space, base: ExperimentConfig, folder: Path, best: list[dict[str, Any]]) -> None:
+    """Full resolved configs, so `sdakd train --config FILE` reproduces a trial without the space file."""
+    files = [folder / "best.yaml"] if len(space.objectives) == 1 else [
+        folder / "pareto" / f"{rank}.yaml" for rank in range(len(best))
+    ]
+    for path, trial in zip(files, best):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_yaml(trial_config(base, trial)))
+        trial["file"] = str(path)
+
+
+def fail_orphans(storage: str, study_name: str, known: set[int]) -> None:
+    """Optuna trials asked by a killed driver after its last snapshot belong to no Tune trial: close them as
+    FAIL so the stored study lists each Tune trial once and nothing stays RUNNING forever."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.number not in known:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def print_summary(summary: Summary) -> None:
+    space, trials = summary.space, summary.trials
+    stopped = sum(not t["final"] and not t["error"] for t in trials)
+    errored = sum(bool(t["error"]) for t in trials)
+    print(f"\n{len(trials)} trials: {len(trials) - stopped - errored} finished, {stopped} stopped early, "
+          f"{errored} errored; results in {summary.folder}")
+    if not summary.best:
+        print("no trial trained all its stages: no best config")
+    for trial in summary.best:
+        scores = ", ".join(f"{o.metric}={trial['metrics'][o.metric]:.4g}" for o in space.objectives)
+        params = ", ".join(f"{k}={v}" for k, v in Suggest.overrides(trial["config"]).items())
+        print(f"{'best' if len(space.objectives) == 1 else 'pareto'}: {scores} | {params} -> {trial['file']}")

@@ -1,0 +1,67 @@
+"""Pretraining a teacher that has no weights: G with L1 + perceptual, then its D on GT vs the frozen G.
+
+It runs as a method (not user-selectable) through the same engine as every student.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdakd.config.schema import ExperimentConfig
+from sdakd.data.dataset import Dataset, train_batches
+from sdakd.engine import ConsoleProgress, Engine, Stage
+from sdakd.methods.base import REAL_FAKE, Method
+from sdakd.models.from_config import discriminator, sr_generator
+
+log = logging.getLogger("sdakd")
+
+
+class PretrainTeacher(Method):
+    name = "teacher_pretrain"
+    uses_teacher = False
+
+    def __init__(self, cfg: ExperimentConfig, generator: nn.Module, d: nn.Module) -> None:
+        self._nets = {"student_g": generator, "d": d}
+        super().__init__(cfg, None)
+
+    def build(self) -> dict[str, nn.Module]:
+        return self._nets
+
+    def stages(self) -> list[Stage]:
+        p = self.cfg.teacher.pretrain
+        return [
+            Stage("teacher_g", p.iters, g_loss={"pixel": 1.0, "perceptual": p.perceptual_weight}),
+            Stage("teacher_d", p.d_iters, d_loss=REAL_FAKE),
+        ]
+
+
+def pretrain_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device, path: Path) -> dict[str, Any]:
+    """Train the teacher G, then its D; write both to `path` (atomically) and return them."""
+    p = cfg.teacher.pretrain
+    log.info("no teacher weights configured: pretraining the teacher (%d G + %d D steps)", p.iters, p.d_iters)
+    torch.manual_seed(cfg.seed)
+    method = PretrainTeacher(cfg, sr_generator(cfg), discriminator(cfg, 1.0)).to(device)
+    batches = train_batches(cfg, data, p.batch_size)
+    engine = Engine(
+        method,
+        batches.__getitem__,
+        device=device,
+        lr_g=p.lr,
+        lr_d=p.lr,
+        betas=cfg.optim.betas,
+        ema_decay=cfg.optim.ema,
+        log_every=cfg.run.log_every,
+        callbacks=[ConsoleProgress(prefix="teacher ")],
+    )
+    engine.run()
+    state = {"g": engine.eval_generator().state_dict(), "d": method.nets["d"].state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return state
