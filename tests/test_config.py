@@ -47,7 +47,7 @@ def test_hash_ignores_tracking_fields_and_inactive_method_sections():
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        (dict(preset="nope"), "unknown preset 'nope'; known presets: gcfsr-512, gcfsr-tiny, realesrgan-x4, tiny"),
+        (dict(preset="nope"), "unknown preset 'nope'; known presets: gcfsr-512, gcfsr-tiny, realesrgan-x4, tiny, x4plus-cpu"),
         (dict(preset="tiny", overrides=["stages.s3.iter=5"]), "stages.s3.iter: unknown field; allowed here: iters"),
         (dict(preset="tiny", overrides=["student.width=wide"]), "student.width"),
         (dict(preset="tiny", overrides=["stages.s2.iters=-1"]), "stages.s2.iters: Input should be greater than or equal to 0"),

@@ -59,17 +59,39 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
+    if args.teacher_command == "import":
+        return cmd_teacher_import(args)
     cfg = _load(args)
+    import re
+
     from sdakd.data.dataset import ensure_dataset
     from sdakd.engine.device import resolve_device
     from sdakd.evaluate.validator import Validator
     from sdakd.teacher.cache import build_teacher
+    from sdakd.tracking.plots import sample_grid
 
     device = resolve_device(cfg.run.device)
     data = ensure_dataset(cfg)
     teacher = build_teacher(cfg, data, device)
-    refs = Validator(cfg, data, teacher, device).references()
-    print(json.dumps({"teacher": teacher.identity, "source": teacher.source} | refs, indent=2))
+    validator = Validator(cfg, data, teacher, device)
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", teacher.identity).strip("-")
+    samples = sample_grid(validator, Path(cfg.run.out_dir or Path("runs") / "teacher") / f"{slug}.png")
+    sources = {"source": teacher.source, "d_source": teacher.d_source}
+    print(json.dumps({"teacher": teacher.identity} | sources | validator.references(), indent=2))
+    print(f"wrote {samples} (LR | bicubic | teacher | GT)")
+
+
+def cmd_teacher_import(args: argparse.Namespace) -> None:
+    import torch
+
+    from sdakd.models.ncnn import import_ncnn
+
+    state, spec = import_ncnn(args.param, args.bin, args.arch)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params_ema": state}, args.out)
+    params = sum(v.numel() for v in state.values())
+    sizes = " ".join(f"{k}={v}" for k, v in spec.items())
+    print(f"wrote {args.out}: {args.arch} {sizes}, {params:,} parameters (key params_ema; official key names)")
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:
@@ -155,9 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cpus-per-worker", type=float, default=1, help="with --workers; also each one's threads")
     train.set_defaults(handler=cmd_train)
 
-    teacher = sub.add_parser("teacher", help="load or pretrain (and cache) the config's teacher; print its scores")
+    teacher = sub.add_parser(
+        "teacher", help="load or pretrain (and cache) the config's teacher; print its scores, draw its samples"
+    )
     _config_args(teacher)
     teacher.set_defaults(handler=cmd_teacher)
+    teacher_sub = teacher.add_subparsers(dest="teacher_command")
+    ncnn = teacher_sub.add_parser("import", help="convert a Real-ESRGAN ncnn model (.param + .bin) to a .pth")
+    ncnn.add_argument("param", type=Path, help="the ncnn layer list (.param)")
+    ncnn.add_argument("bin", type=Path, help="the ncnn weights (.bin)")
+    ncnn.add_argument("--arch", required=True, choices=["rrdbnet", "srvgg_compact"])
+    ncnn.add_argument("--out", type=Path, required=True, help="the .pth to write ({'params_ema': state dict})")
 
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)

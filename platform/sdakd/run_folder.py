@@ -47,6 +47,7 @@ def final_metrics(exp: Experiment) -> dict[str, Any]:
         "device": str(exp.device),
         "teacher": exp.teacher.identity if exp.teacher else None,
         "teacher_source": exp.teacher.source if exp.teacher else None,
+        "teacher_d_source": exp.teacher.d_source if exp.teacher else None,
         "perceptual_pretrained": cfg.loss.perceptual.vgg_weights is not None,
         "dataset_checksum": exp.data.checksum,
         "cost_input": f"1x3x{cost_side(student)}x{cost_side(student)} generator input",

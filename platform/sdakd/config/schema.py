@@ -14,6 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# Teachers converted from a registry package (sdakd.teacher.named); any other `teacher.weights` is a file path.
+NAMED_TEACHERS = ("realesrgan-x4plus", "realesrgan-x4plus-anime-6b", "realesr-animevideov3")
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -37,9 +41,18 @@ class TeacherConfig(Frozen):
     num_grow_ch: int | None = Field(32, ge=1, description="rrdbnet only; null for other families")
     d_arch: str = "unet_sn"
     d_num_feat: int = Field(64, ge=1)
-    weights: Path | None = Field(None, description="official generator .pth (e.g. RealESRGAN_x4plus.pth)")
+    weights: Path | str | None = Field(
+        None, description="official generator .pth (e.g. RealESRGAN_x4plus.pth), or a named teacher: "
+        + ", ".join(NAMED_TEACHERS),
+    )
     d_weights: Path | None = Field(None, description="official discriminator .pth (..._netD.pth)")
     pretrain: TeacherPretrain = TeacherPretrain()
+
+    @field_validator("weights")
+    @classmethod
+    def _name_or_path(cls, weights: Path | str | None) -> Path | str | None:
+        """A named teacher stays a name (no folder makes it absolute); anything else is a path."""
+        return weights if weights is None or weights in NAMED_TEACHERS else Path(weights)
 
 
 class StudentConfig(Frozen):

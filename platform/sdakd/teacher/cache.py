@@ -1,31 +1,37 @@
-"""The teacher a config names: its weights files, or a teacher pretrained here once and cached by the hash of
-what it depends on (so every student of the same data and family shares one). And the inputs every run warms
-up before it trains: the dataset and, for a method that distils, the teacher."""
+"""The teacher a config names: its weights files (or a named teacher, converted into the cache), or a teacher
+pretrained here once and cached by the hash of what it depends on (so every student of the same data and family
+shares one); a D without weights is trained here against the frozen teacher G and cached the same way. And the
+inputs every run warms up before it trains: the dataset and, for a method that distils, the teacher."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from sdakd.config.identity import stable_hash
 from sdakd.config.schema import ExperimentConfig
 from sdakd.data.dataset import Dataset, ensure_dataset
+from sdakd.errors import SdakdError
 from sdakd.methods import METHODS
 from sdakd.models import load_weights
 from sdakd.models.from_config import discriminator, sr_generator
 from sdakd.teacher.frozen import Teacher
+from sdakd.teacher.named import NAMED, convert_named, sha256_of
 from sdakd.teacher.pretrain import pretrain_teacher
 
 log = logging.getLogger("sdakd")
 
 
-def pretrain_key(cfg: ExperimentConfig, data: Dataset) -> str:
-    """Everything the pretrained teacher depends on, and nothing else (so students share one teacher)."""
+def pretrain_key(cfg: ExperimentConfig, data: Dataset, g_weights: str | None = None) -> str:
+    """Everything a teacher trained here depends on, and nothing else (so students share one teacher): the G and
+    D it pretrains, or (`g_weights`: the sha256 of a G loaded from weights) the D it trains against that G."""
     teacher = cfg.teacher.model_dump(mode="json", exclude={"weights", "d_weights"})
     d = cfg.data
     # named only when set, so that the teachers cached before these fields existed keep their keys
-    optional = {"scales": d.scales, "r1": cfg.loss.r1.weight}
+    optional = {"scales": d.scales, "r1": cfg.loss.r1.weight, "g_weights": g_weights}
     return stable_hash(
         {
             "teacher": teacher,
@@ -39,26 +45,55 @@ def pretrain_key(cfg: ExperimentConfig, data: Dataset) -> str:
     )
 
 
+def weights_file(cfg: ExperimentConfig) -> tuple[Path, str]:
+    """The configured generator weights (a named teacher converted into the cache first), and what to call them."""
+    weights = cfg.teacher.weights
+    if not isinstance(weights, str):
+        return Path(weights), str(weights)
+    fields = NAMED[weights].config_fields()
+    differ = {k: v for k, v in fields.items() if getattr(cfg.teacher, k) != v}
+    if differ:
+        raise SdakdError(
+            f"teacher.weights: {weights} is {fields}; the config says "
+            + ", ".join(f"teacher.{k}={getattr(cfg.teacher, k)!r}" for k in differ)
+        )
+    path = convert_named(weights, cfg.run.cache_dir)
+    return path, f"{weights} (sha256 {sha256_of(path)[:12]})"
+
+
+def cached_state(path: Path, train: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    if not path.exists():
+        return train()
+    log.info("%s loaded from the cache %s", what, path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the fix is the same
+        raise SdakdError(f"{what} cache {path} is unreadable ({err}): delete it to train it again") from None
+
+
 def build_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) -> Teacher:
     g, d = sr_generator(cfg), discriminator(cfg, 1.0)
-    if cfg.teacher.weights is not None:
-        load_weights(g, cfg.teacher.weights)
-        if cfg.teacher.d_weights is not None:
-            load_weights(d, cfg.teacher.d_weights)
-        else:
-            log.warning("teacher.d_weights is not set: the teacher D is randomly initialised")
-        return Teacher(g, d, identity=str(cfg.teacher.weights), source="weights").to(device)
+    cache = cfg.run.cache_dir / "teachers"
+    if cfg.teacher.weights is None:
+        key = pretrain_key(cfg, data)
+        state = cached_state(cache / f"{key}.pt", lambda: pretrain_teacher(cfg, data, device, cache / f"{key}.pt"),
+                             f"teacher {key}")
+        g.load_state_dict(state["g"])
+        d.load_state_dict(state["d"])
+        return Teacher(g, d, identity=f"pretrain-{key}", source="pretrained-here").to(device)
 
-    key = pretrain_key(cfg, data)
-    path = cfg.run.cache_dir / "teachers" / f"{key}.pt"
-    if path.exists():
-        log.info("teacher %s loaded from the cache %s", key, path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        state = pretrain_teacher(cfg, data, device, path)
-    g.load_state_dict(state["g"])
+    path, identity = weights_file(cfg)
+    load_weights(g, path)
+    if cfg.teacher.d_weights is not None:
+        load_weights(d, cfg.teacher.d_weights)
+        return Teacher(g, d, identity=identity, source="weights").to(device)
+    # No released D (Real-ESRGAN ships none for most models): Real-ESRGAN's recipe, GT real vs the frozen G fake.
+    key = pretrain_key(cfg, data, g_weights=sha256_of(path))
+    where = cache / f"d-{key}.pt"
+    log.info("teacher.d_weights is not set: the teacher D is trained here against the frozen teacher (cache %s)", where)
+    state = cached_state(where, lambda: pretrain_teacher(cfg, data, device, where, g=g), f"teacher D {key}")
     d.load_state_dict(state["d"])
-    return Teacher(g, d, identity=f"pretrain-{key}", source="pretrained-here").to(device)
+    return Teacher(g, d, identity=identity, source="weights", d_source="trained-here-against-teacher").to(device)
 
 
 def prepare_inputs(cfg: ExperimentConfig, device: torch.device) -> tuple[Dataset, Teacher | None]:

@@ -11,11 +11,13 @@ from sdakd.models import FeatureTaps, generate
 
 
 class Teacher:
-    def __init__(self, g: nn.Module, d: nn.Module, identity: str, source: str) -> None:
+    def __init__(self, g: nn.Module, d: nn.Module, identity: str, source: str, d_source: str | None = None) -> None:
         self.g = g.eval().requires_grad_(False)
         self.d = d.eval().requires_grad_(False)
-        self.identity = identity  # what the teacher is: a weights file or a pretrain cache key
-        self.source = source  # "weights" | "pretrained-here"
+        self.identity = identity  # what the teacher is: a weights file, a named teacher, or a pretrain cache key
+        self.source = source  # the G's: "weights" | "pretrained-here"
+        # the D's, where it differs: "trained-here-against-teacher" (its G came from weights, it did not)
+        self.d_source = d_source or source
 
     def to(self, device: torch.device | str) -> "Teacher":
         self.g.to(device)

@@ -25,8 +25,9 @@ class PretrainTeacher(Method):
     name = "teacher_pretrain"
     uses_teacher = False
 
-    def __init__(self, cfg: ExperimentConfig, generator: nn.Module, d: nn.Module) -> None:
+    def __init__(self, cfg: ExperimentConfig, generator: nn.Module, d: nn.Module, train_g: bool = True) -> None:
         self._nets = {"student_g": generator, "d": d}
+        self.train_g = train_g  # False: the G came from weights, only the D trains against it
         super().__init__(cfg, None)
 
     def build(self) -> dict[str, nn.Module]:
@@ -35,17 +36,24 @@ class PretrainTeacher(Method):
     def stages(self) -> list[Stage]:
         p = self.cfg.teacher.pretrain
         return [
-            Stage("teacher_g", p.iters, g_loss={"pixel": 1.0, "perceptual": p.perceptual_weight}),
+            Stage("teacher_g", p.iters if self.train_g else 0, g_loss={"pixel": 1.0, "perceptual": p.perceptual_weight}),
             Stage("teacher_d", p.d_iters, d_loss=REAL_FAKE),
         ]
 
 
-def pretrain_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device, path: Path) -> dict[str, Any]:
-    """Train the teacher G, then its D; write both to `path` (atomically) and return them."""
+def pretrain_teacher(
+    cfg: ExperimentConfig, data: Dataset, device: torch.device, path: Path, g: nn.Module | None = None
+) -> dict[str, Any]:
+    """Train the teacher G, then its D (`g` given: only a D against that G); write them to `path` (atomically)
+    and return them."""
     p = cfg.teacher.pretrain
-    log.info("no teacher weights configured: pretraining the teacher (%d G + %d D steps)", p.iters, p.d_iters)
+    if g is None:
+        log.info("no teacher weights configured: pretraining the teacher (%d G + %d D steps)", p.iters, p.d_iters)
+    else:
+        log.info("training the teacher D against the frozen teacher G (%d D steps)", p.d_iters)
     torch.manual_seed(cfg.seed)
-    method = PretrainTeacher(cfg, sr_generator(cfg), discriminator(cfg, 1.0)).to(device)
+    d = discriminator(cfg, 1.0)
+    method = PretrainTeacher(cfg, g if g is not None else sr_generator(cfg), d, train_g=g is None).to(device)
     batches = train_batches(cfg, data, p.batch_size)
     engine = Engine(
         method,
@@ -54,12 +62,12 @@ def pretrain_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device,
         lr_g=p.lr,
         lr_d=p.lr,
         betas=cfg.optim.betas,
-        ema_decay=cfg.optim.ema,
+        ema_decay=cfg.optim.ema if g is None else 0.0,
         log_every=cfg.run.log_every,
         callbacks=[ConsoleProgress(prefix="teacher ")],
     )
     engine.run()
-    state = {"g": engine.eval_generator().state_dict(), "d": method.nets["d"].state_dict()}
+    state = {"d": d.state_dict()} | ({"g": engine.eval_generator().state_dict()} if g is None else {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # Ray workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from sdakd.data.degrade import bicubic_up  # noqa: E402
 
@@ -20,20 +21,24 @@ PANEL_INCHES = 2.4
 
 
 @torch.no_grad()
-def sample_grid(exp: Any, path: Path) -> Path:
-    """Rows of LR (nearest) | bicubic | student | teacher | GT for the first validation images."""
-    g = exp.engine.eval_generator().eval()
-    scale = exp.validator.scale
-    pairs = exp.validator.pairs[:SAMPLE_IMAGES]
-    titles = ["LR (nearest)", "bicubic", "student", "teacher", "GT"]
+def sample_grid(validator: Any, path: Path, student: nn.Module | None = None) -> Path:
+    """Rows of LR (nearest) | bicubic | student | teacher | GT for the first validation images (`validator`:
+    sdakd.evaluate.validator.Validator); without a `student`, its column is left out."""
+    if student is not None:
+        student.eval()
+    scale = validator.scale
+    pairs = validator.pairs[:SAMPLE_IMAGES]
+    titles = ["LR (nearest)", "bicubic", *(["student"] if student is not None else []), "teacher", "GT"]
     fig, axes = plt.subplots(len(pairs), len(titles), squeeze=False,
                              figsize=(PANEL_INCHES * len(titles), PANEL_INCHES * len(pairs)))
     for row, (name, lr, hr, *cond) in enumerate(pairs):  # (name, lr, hr[, cond]) as the validator holds them
-        teacher = exp.validator.teacher_sr[row] if exp.validator.teacher_sr is not None else None
+        teacher = validator.teacher_sr[row] if validator.teacher_sr is not None else None
+        # the student through the validator's own inference: device, conditioning, clamp
+        outputs = [validator.run(student, lr, *cond)] if student is not None else []
         panels = [
             F.interpolate(lr.unsqueeze(0), scale_factor=scale, mode="nearest"),
             bicubic_up(lr.unsqueeze(0), scale),
-            exp.validator.run(g, lr, *cond),  # the validator's own inference: device, conditioning, clamp
+            *outputs,
             teacher,
             hr.unsqueeze(0),
         ]

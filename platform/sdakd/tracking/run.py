@@ -109,6 +109,7 @@ class TrackedRun(Callbacks):
                 "sdakd.dataset_checksum": info["dataset_checksum"],
                 "sdakd.teacher": info["teacher"],
                 "sdakd.teacher_source": info["teacher_source"],
+                "sdakd.teacher_d_source": info["teacher_d_source"],
                 "sdakd.lpips_pretrained": "lpips" in metrics["student"],
                 "sdakd.device": info["device"],
             }
@@ -116,7 +117,7 @@ class TrackedRun(Callbacks):
         folder = exp.out_dir
         for name in RUN_FILES:
             self.client.log_artifact(self.run_id, str(folder / name))
-        pictures = [plots.sample_grid(exp, folder / "samples.png")]
+        pictures = [plots.sample_grid(exp.validator, folder / "samples.png", exp.engine.eval_generator())]
         if self.curves:
             pictures.append(plots.loss_curves(self.curves, self.stage_ends, folder / "loss_curves.png"))
         for path in pictures:

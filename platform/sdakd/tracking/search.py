@@ -49,7 +49,8 @@ def log_samples(search: SearchRun, trial_id: str, exp: Any) -> None:
     if run_id is None:
         print(f"trial {trial_id} has no MLflow run under {search.parent}: its sample grid is not logged", flush=True)
         return
-    client.log_artifact(run_id, str(plots.sample_grid(exp, exp.out_dir / "samples.png")), "plots")
+    grid = plots.sample_grid(exp.validator, exp.out_dir / "samples.png", exp.engine.eval_generator())
+    client.log_artifact(run_id, str(grid), "plots")
 
 
 class TrialRuns:
