@@ -64,7 +64,7 @@ def test_checkpoint_of_the_wrong_architecture_is_refused_before_training(capsys,
     cache = tmp_path / "cache"
     code, out, err = run_cli(capsys, "train", "--preset", "tiny", "--set", "student.width=0.25",
                              "--set", f"run.cache_dir={cache}", "--resume", str(tmp_path / "ck" / "last.pt"))
-    assert_clear_error(code, err, "wrong architecture", "student: checkpoint")
+    assert_clear_error(code, err, "wrong architecture", "student.width: checkpoint 0.5 vs config 0.25")
     assert not cache.exists(), "no dataset or teacher may be built before the checkpoint is checked"
 
 

@@ -158,7 +158,7 @@ def test_ray_jobs_log_to_the_mlflow_server_and_checkpoint_to_the_storage_path(cl
     assert len(trials) == SEARCH_TRIALS
     assert {r.info.status for r in trials} <= {"FINISHED", "KILLED"} and "FINISHED" in {r.info.status for r in trials}
     assert all("eval/psnr_y" in r.data.metrics for r in trials)
-    assert {a.path for a in client.list_artifacts(parent)} >= {"trials.json", "best.yaml"}
+    assert {a.path for a in client.list_artifacts(parent)} >= {"trials.json", "best.md", "pareto", "plots"}
 
     parent, cells = children(client, "sdakd-ablations", "grid")
     assert client.get_run(parent).info.status == "FINISHED"

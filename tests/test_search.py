@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import optuna
 import pytest
 import ray
@@ -26,7 +28,8 @@ from sdakd.engine.checkpoint import load_checkpoint
 from sdakd.tracking.store import Store
 from sdakd.search.prefix import PrefixCache, stage_key
 from sdakd.ray_adapter.search import _searcher
-from sdakd.search.summary import pareto_front
+from sdakd.search.space import Constraint
+from sdakd.search.summary import TrialRow, pareto_front, summarize
 from sdakd.tracking.search import EXPERIMENT, ROLE
 from sdakd.search.space import load_space
 from sdakd.search.trial import key_context, run_trial
@@ -163,7 +166,7 @@ def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cac
     stopped = [t for t in trials if not t["final"]]
     assert stopped and all(t["metrics"]["stage"] in ("s1", "s2") for t in stopped), printed
     assert "from the prefix cache" in printed
-    best = load_config(path=out / "best.yaml")  # what `sdakd train --config best.yaml` loads
+    best = load_config(path=out / "pareto" / "0.yaml")  # what `sdakd train --config pareto/0.yaml` loads
     assert best.optim.lr_g in (1e-5, 5e-4, 2e-3) and best.run.out_dir is None
     # stopped trials gave their resources back: no placement group is left holding CPUs
     deadline = time.monotonic() + 30
@@ -177,7 +180,23 @@ def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cac
     client = MlflowClient(tracking_uri=tracking)
     parent = Store(tracking).find_parent(EXPERIMENT, ROLE, str(out / "tune"))
     assert client.get_run(parent).info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(parent)} == {"trials.json", "best.yaml"}
+    top = {a.path for a in client.list_artifacts(parent)}
+    assert top == {"trials.json", "best.md", "pareto", "plots"}
+    pareto = [a.path for a in client.list_artifacts(parent, "pareto")]
+    assert pareto and all(p.startswith("pareto/") and p.endswith(".yaml") for p in pareto)
+    # the search's own Optuna study, drawn: four non-empty PNGs read back from the tracking store
+    plots = {a.path for a in client.list_artifacts(parent, "plots")}
+    expected = {f"plots/{name}.png" for name in
+                ("optimization_history", "param_importances", "parallel_coordinate", "pareto_front")}
+    assert plots == expected, plots
+    for path in sorted(plots):
+        data = Path(client.download_artifacts(parent, path, str(tmp_path))).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, path
+    table = Path(client.download_artifacts(parent, "best.md", str(tmp_path))).read_text()
+    assert table.startswith("Pareto set of search smoke (max psnr_y, max psnr_y_vs_teacher)")
+    capsys.readouterr()
+    assert main(["report", "--search", "smoke", "--set", f"run.out_dir={out}"]) == 0
+    assert capsys.readouterr().out.startswith(table.splitlines()[0])
     experiment_id = client.get_run(parent).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'")
     by_trial = {r.data.tags["sdakd.ray_trial_id"]: r for r in children}
@@ -196,11 +215,31 @@ def test_smoke_search_stops_some_trials_and_writes_a_trainable_best(cluster, cac
 
 def test_resumed_trial_may_report_to_an_optuna_trial_the_killed_driver_finished(tmp_path):
     space, _ = load_space("smoke")
+    space = space.model_copy(update={"objectives": space.objectives[:1]})  # one objective: one value to tell
     searcher = _searcher(space, f"sqlite:///{tmp_path / 'optuna.db'}")
     searcher.suggest("t1")
     searcher._ot_study.tell(0, 27.0)  # the killed driver's tell, after the snapshot --resume restores
     searcher.on_trial_result("t1", {"psnr_y": 26.5, "training_iteration": 1})  # the re-run trial reports again
     assert searcher._ot_study.trials[0].value == 27.0
+
+
+def test_constraints_reach_optuna_and_decide_the_best_config(tmp_path):
+    space, base = load_space("smoke")
+    limit = Constraint(metric="psnr_y_vs_teacher", min=30.0)
+    space = space.model_copy(update={"objectives": space.objectives[:1], "constraints": [limit]})
+    searcher = _searcher(space, f"sqlite:///{tmp_path / 'optuna.db'}")
+    results = {"ok": {"psnr_y": 26.0, "psnr_y_vs_teacher": 31.0}, "bad": {"psnr_y": 28.0, "psnr_y_vs_teacher": 29.5}}
+    configs = {name: searcher.suggest(name) for name in results}
+    for name, result in results.items():
+        searcher.on_trial_complete(name, result)
+    ok, bad = searcher._ot_study.trials
+    # on Optuna's own trials, where its samplers read them (<= 0: feasible)
+    assert ok.system_attrs["constraints:0:psnr_y_vs_teacher"] == -1.0
+    assert bad.system_attrs["constraints:0:psnr_y_vs_teacher"] == 0.5
+    rows = [TrialRow(name, configs[name], results[name] | {"final": True}, None) for name in results]
+    summary = summarize(space, base, tmp_path, rows)
+    assert [t["trial_id"] for t in summary.best] == ["ok"]  # the higher-scoring trial breaks the constraint
+    assert [t["feasible"] for t in summary.trials] == [True, False]
 
 
 @pytest.mark.timeout(480)

@@ -39,6 +39,10 @@ def test_metrics_json_holds_quality_and_cost_of_teacher_and_student(tiny_run):
         assert {"params", "macs", "latency_ms"} <= set(m["cost"][who]) and m["cost"][who]["latency_ms"] > 0
     assert m["cost"]["teacher"]["params"] > m["cost"]["student"]["params"]
     assert m["info"]["perceptual_pretrained"] is False and "lpips" not in m["student"]  # never faked
+    # no weights for LPIPS or FID here: absent from every result, listed with the field that would enable them
+    assert not {"lpips", "lpips_vs_teacher", "fid", "kid"} & (set(m["student"]) | set(m["references"]))
+    assert set(m["unavailable"]) == {"lpips", "lpips_vs_teacher", "fid", "kid"} and m["metric_weights"] == {}
+    assert m["unavailable"]["kid"].startswith("eval.fid.feature_weights: no FID weights given")
 
 
 def test_the_tiny_teacher_learns(tiny_run):

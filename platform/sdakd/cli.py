@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from sdakd.errors import SdakdError
+from sdakd.errors import SdakdError, without_torch_advice
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -41,13 +41,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     resume = True if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if args.workers is None:
-        metrics = train(cfg, resume=resume).metrics
+        metrics = train(cfg, resume=resume, warm_start=args.warm_start).metrics
     else:
         from sdakd.ray_adapter.train import train_distributed
 
         metrics = train_distributed(
             cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-            resume=resume,
+            resume=resume, warm_start=args.warm_start,
         ).return_value
     out = out_dir_for(cfg)
     s, r = metrics["student"], metrics["references"]
@@ -124,6 +124,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from sdakd.config.project import project_names
+
+    if args.search or (args.grid in project_names("search_spaces") and args.grid not in project_names("ablations")):
+        from sdakd.search.space import load_space
+        from sdakd.search.summary import best_table, load_summary, search_folder
+
+        space, base = load_space(args.grid, args.overrides)
+        print(best_table(load_summary(space, search_folder(space, base))))
+        return
     from sdakd.ablate.report import report
 
     report(args.grid, uri=args.tracking_uri)
@@ -169,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
         help="resume from CHECKPOINT, or from the run folder's last checkpoint when no path is given",
+    )
+    train.add_argument(
+        "--warm-start", action="store_true",
+        help="with --resume: start from a checkpoint trained under other settings (same networks); "
+        "metrics.json records it",
     )
     train.add_argument(
         "--workers", type=int, help="train on N Ray Train workers (DDP; data.batch_size is per worker)",
@@ -225,8 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--force", action="store_true", help="rerun cells that already finished")
     ablate.set_defaults(handler=cmd_ablate)
 
-    report = sub.add_parser("report", parents=[tracking], help="a grid's table (mean ± 95 %% CI) and Pareto plot")
-    report.add_argument("grid", help="a grid name (see `sdakd list`) or a YAML path")
+    report = sub.add_parser(
+        "report", parents=[tracking], help="a grid's table (mean ± 95 %% CI) and Pareto plot, or a search's best trials"
+    )
+    report.add_argument("grid", help="a grid or search-space name (see `sdakd list`) or a YAML path")
+    report.add_argument("--search", action="store_true", help="NAME is a search space (where a grid has the same name)")
+    report.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+        help="for a search: the --set values it ran with that move its folder (run.out_dir)",
+    )
     report.set_defaults(handler=cmd_report)
 
     ui = sub.add_parser("ui", parents=[tracking], help="the MLflow UI on the tracking store, at 127.0.0.1")
@@ -246,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except SdakdError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {without_torch_advice(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, ConsoleProgress
 from sdakd.experiment import Experiment, Placement, build_experiment
-from sdakd.run_folder import resume_path, save_results, write_run_files
+from sdakd.run_folder import resume_point, save_results, write_run_files
 
 Start = Callable[[Experiment], None]  # puts the engine where the run starts
 Finish = Callable[[Experiment], dict[str, Any]]  # after training, on every rank: extra info for metrics.json
@@ -22,9 +22,11 @@ Finish = Callable[[Experiment], dict[str, Any]]  # after training, on every rank
 
 def resume_from(path: Path) -> Start:
     def start(exp: Experiment) -> None:
-        exp.engine.resume(path)
+        done = exp.engine.resume(path)
         if exp.placement.writer:
-            print(f"resumed from {path} at global step {exp.engine.global_step()}", flush=True)
+            here = exp.engine.global_step()  # differs from `done` when a warm start changed the stage lengths
+            counted = "" if here == done else f" (this config's stages count it as step {here})"
+            print(f"resumed from {path} at global step {done}{counted}", flush=True)
 
     return start
 
@@ -59,10 +61,13 @@ def train(
     cfg: ExperimentConfig,
     *,
     resume: Path | str | bool | None = None,
+    warm_start: bool = False,
     callbacks: Iterable[Callbacks] = (),
     command: str | None = None,
 ) -> Experiment:
-    """A local run in this process, with progress lines; `resume`: a checkpoint, or True for the run folder's."""
-    path = resume_path(cfg, resume)  # before any data, teacher or network is built
+    """A local run in this process, with progress lines; `resume`: a checkpoint, or True for the run folder's.
+    `warm_start`: the checkpoint may come from a config that differs in fields that decide the result (never in
+    the networks); metrics.json records it."""
+    path, warm = resume_point(cfg, resume, warm_start)  # before any data, teacher or network is built
     return run(cfg, start=resume_from(path) if path else None, callbacks=[ConsoleProgress(), *callbacks],
-               command=command)
+               command=command, finish=(lambda exp: warm) if warm else None)

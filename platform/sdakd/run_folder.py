@@ -12,15 +12,16 @@ from typing import Any
 
 import torch
 
-from sdakd.config.identity import config_hash
-from sdakd.config.load import dump_yaml, validate
+from sdakd.config.identity import TRACKING_ONLY, config_hash, identity_dict
+from sdakd.config.load import absolute_paths, dump_yaml, validate
 from sdakd.config.schema import ExperimentConfig
-from sdakd.engine.checkpoint import load_checkpoint
+from sdakd.engine.checkpoint import LAST, load_checkpoint
 from sdakd.errors import SdakdError
 from sdakd.evaluate.validator import cost, cost_side
 from sdakd.experiment import Experiment, out_dir_for
+from sdakd.files import fingerprint
 
-# Fields that fix the networks' shapes: a checkpoint only resumes under the same values.
+# Fields that fix the networks' shapes: a checkpoint never resumes under other values, not even as a warm start.
 ARCHITECTURE_FIELDS = ("method", "teacher", "student", "student_d", "data.scale", "methods")
 
 
@@ -40,6 +41,9 @@ def final_metrics(exp: Experiment) -> dict[str, Any]:
         metrics["cost"]["teacher"] = cost(exp.teacher.g, exp.device, repeats)
         metrics["cost"]["speedup"] = metrics["cost"]["teacher"]["latency_ms"] / metrics["cost"]["student"]["latency_ms"]
     metrics["stages"] = engine.history
+    # what was not measured, and why; what was measured with which weights
+    metrics["unavailable"] = dict(exp.validator.unavailable)
+    metrics["metric_weights"] = {name: fingerprint(path) for name, path in exp.validator.weights.items() if path}
     metrics["info"] = {
         "method": cfg.method,
         "config_hash": config_hash(cfg),
@@ -65,39 +69,67 @@ def save_results(exp: Experiment, **info: Any) -> dict[str, Any]:
     return metrics
 
 
-def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config as today's loader reads it (renamed options under their new names)."""
+def _saved_identity(saved: dict[str, Any]) -> dict[str, Any]:
+    """What decided a checkpoint's result, as today's loader reads its config (renamed options under their new
+    names, paths made absolute as this config's are)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the checkpoint's own spelling is not the user's to fix
         try:
-            return validate(saved, "the checkpoint's config").to_dict()
-        except SdakdError:
-            return saved  # compared as written: fields that no longer validate show up as differences
+            return identity_dict(absolute_paths(validate(saved, "the checkpoint's config")))
+        except SdakdError:  # compared as written: fields that no longer validate show up as differences
+            return {key: value for key, value in saved.items() if key not in TRACKING_ONLY}
 
 
-def check_resumable(cfg: ExperimentConfig, path: Path) -> None:
-    saved = load_checkpoint(path).get("meta", {}).get("config")
-    if saved is None:
+def differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, value in a, value in b) for every leaf where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b), key=str):
+            found += differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return found
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def _listed(differ: list[tuple[str, Any, Any]]) -> str:
+    return "\n  ".join(f"{field}: checkpoint {a!r} vs config {b!r}" for field, a, b in differ)
+
+
+def check_resumable(cfg: ExperimentConfig, path: Path, warm_start: bool = False) -> dict[str, Any]:
+    """Refuse a checkpoint of other networks, and (unless `warm_start`) one trained under other fields that decide
+    the result; returns what metrics.json records of a warm start ({} when the configs agree)."""
+    meta = load_checkpoint(path).get("meta", {})
+    if meta.get("config") is None:
         raise SdakdError(f"checkpoint {path} holds no config: it was not written by `sdakd train`")
-    saved, here = _saved_config(saved), cfg.to_dict()
-    differ = []
-    for field_path in ARCHITECTURE_FIELDS:
-        a, b = saved, here
-        for key in field_path.split("."):
-            a, b = (a or {}).get(key), (b or {}).get(key)
-        if a != b:
-            differ.append(f"{field_path}: checkpoint {a!r} vs config {b!r}")
-    if differ:
+    saved, here = _saved_identity(meta["config"]), identity_dict(absolute_paths(cfg))
+    differ = differences(saved, here)
+    architecture = [d for d in differ if any(d[0] == a or d[0].startswith(f"{a}.") for a in ARCHITECTURE_FIELDS)]
+    if architecture:
+        raise SdakdError(f"checkpoint {path} was written for other networks (wrong architecture?):\n  "
+                         + _listed(architecture))
+    if not differ:
+        return {}
+    if not warm_start:
         raise SdakdError(
-            f"checkpoint {path} was written for other networks (wrong architecture?):\n  " + "\n  ".join(differ)
+            f"checkpoint {path} was trained under another config (config hash {meta.get('config_hash')} there, "
+            f"{config_hash(cfg)} here); these fields decide the result and differ:\n  {_listed(differ)}\n"
+            "resume under the checkpoint's config, or pass --warm-start to start this config from its weights"
         )
+    return {
+        "warm_start_from": str(path / LAST if path.is_dir() else path),
+        "warm_start_config_hash": meta.get("config_hash"),
+        "warm_start_changed": [field for field, _, _ in differ],
+    }
 
 
-def resume_path(cfg: ExperimentConfig, resume: Path | str | bool | None) -> Path | None:
+def resume_point(
+    cfg: ExperimentConfig, resume: Path | str | bool | None, warm_start: bool = False
+) -> tuple[Path | None, dict[str, Any]]:
     """The checkpoint `resume` names (True: the run folder's last one), checked against `cfg` before anything
-    is built; None for a fresh run."""
+    is built, and the warm-start record for metrics.json; (None, {}) for a fresh run."""
     if not resume:
-        return None
+        if warm_start:
+            raise SdakdError("--warm-start needs --resume CHECKPOINT: the checkpoint to start from")
+        return None, {}
     path = out_dir_for(cfg) / "checkpoints" if resume is True else Path(resume).absolute()
-    check_resumable(cfg, path)
-    return path
+    return path, check_resumable(cfg, path, warm_start)
+

@@ -19,6 +19,7 @@ from scipy.stats import t as student_t
 
 from sdakd.ablate.grid import EXPERIMENT, ROLE, Cell, load_grid
 from sdakd.errors import SdakdError
+from sdakd.evaluate.registry import IMAGE_METRICS, METRICS
 from sdakd.tracking.store import CELL_KEY, SEED, Store, resolve_uri
 
 REPORTS_DIR = Path("reports")
@@ -33,13 +34,11 @@ class Column:
     digits: int = 2
 
 
-COLUMNS = (
-    Column("psnr_y", "PSNR-Y (dB)", "student.psnr_y"),
-    Column("ssim_y", "SSIM-Y", "student.ssim_y", digits=4),
-    Column("psnr_y_vs_teacher", "PSNR vs teacher (dB)", "student.psnr_y_vs_teacher"),
-    Column("lpips", "LPIPS", "student.lpips", digits=4),
-    Column("params", "params (M)", "cost.student.params", unit=1e6, digits=3),
-    Column("macs", "MACs (G)", "cost.student.macs", unit=1e9, digits=3),
+COLUMNS = (  # a column per metric of the registry; the table shows those some run measured
+    *(Column(name, METRICS.get(name).heading, f"student.{name}", digits=METRICS.get(name).digits)
+      for name in IMAGE_METRICS),
+    Column("params", METRICS.get("params").heading, "cost.student.params", unit=1e6, digits=3),
+    Column("macs", METRICS.get("macs").heading, "cost.student.macs", unit=1e9, digits=3),
     Column("latency_ms", "latency (ms)", "cost.student.latency_ms"),
     Column("device_seconds", "device-s", "device_seconds", digits=0),
 )
@@ -100,7 +99,7 @@ def _schema() -> pa.Schema:
 
 def markdown(table: pa.Table) -> str:
     rows = table.to_pylist()
-    shown = [c for c in COLUMNS if any(r[f"{c.name}_mean"] is not None for r in rows)]  # LPIPS only when measured
+    shown = [c for c in COLUMNS if any(r[f"{c.name}_mean"] is not None for r in rows)]  # a metric only where measured
     lines = [
         "| cell | method | seeds | " + " | ".join(c.heading for c in shown) + " |",
         "|---|---|---|" + "---:|" * len(shown),

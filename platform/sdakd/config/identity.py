@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from sdakd.config.schema import ExperimentConfig
 from sdakd.methods import METHODS
 
-# Fields that name where things are written or how often we log: they never change what is learned.
-TRACKING_ONLY = ("run",)
+# Fields that name where things are written, how often we log and what we measure: they never change what is learned.
+TRACKING_ONLY = ("run", "eval")
 
 
 def method_options(cfg: ExperimentConfig) -> BaseModel:

@@ -27,17 +27,49 @@ def preset_names() -> list[str]:
     return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
 
 
-def read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a mapping naming one key twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may be overridden on purpose; non-scalar keys fail in PyYAML itself
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first_line:
+                raise DuplicateKey(f"key {key!r} appears twice, on line {first_line[key]} and line {line}")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path: Path | str, text: str | None = None, kind: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file (or `text`, read from `path`) holds; `kind` names the file in errors."""
     try:
-        data = yaml.safe_load(text if text is not None else Path(path).read_text())
+        data = load_yaml(text if text is not None else Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SdakdError(f"config file {path} does not exist") from None
+        raise SdakdError(f"{kind} {path} does not exist") from None
+    except IsADirectoryError:
+        raise SdakdError(f"{kind} {path} is a folder; name a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise SdakdError(f"{kind} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise SdakdError(f"{kind} {path} is unreadable ({err.strerror or err})") from None
+    except DuplicateKey as err:
+        raise SdakdError(f"{kind} {path}: {err}; name each key once") from None
     except yaml.YAMLError as err:
-        raise SdakdError(f"config file {path} is not valid YAML: {err}") from None
-    if data is None:
-        return {}
+        raise SdakdError(f"{kind} {path} is not valid YAML: {err}") from None
+    if data is None or data == {}:
+        raise SdakdError(f"{kind} {path} is empty (or holds only comments): it sets nothing")
     if not isinstance(data, dict):
-        raise SdakdError(f"config file {path} must hold a mapping at the top level, found {type(data).__name__}")
+        raise SdakdError(f"{kind} {path} must hold a mapping at the top level, found {type(data).__name__}")
     return data
 
 
@@ -45,7 +77,7 @@ def preset_dict(name: str) -> dict[str, Any]:
     names = preset_names()
     if name not in names:
         raise SdakdError(f"unknown preset {name!r}; known presets: {', '.join(names)}")
-    return read_yaml(f"preset {name}", resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml").read_text())
+    return read_yaml(name, resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml").read_text(), kind="preset")
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,7 +96,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not path.strip():
         raise SdakdError(f"override {text!r} must look like dotted.path=value (e.g. stages.s3.iters=200)")
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError as err:
         raise SdakdError(f"override {text!r}: value is not valid YAML: {err}") from None
     return path.strip(), value
@@ -149,8 +181,10 @@ def load_config(
     data: dict[str, Any] = {}
     sources = []
     file_data = read_yaml(path) if path is not None else {}
-    base = file_data.pop("preset", None) if file_data else None
-    for name in (preset, base):
+    base = file_data.pop("preset", None)
+    if preset and base and preset != base:
+        raise SdakdError(f"preset {preset!r} was given, but {path} names preset {base!r}: name one preset")
+    for name in dict.fromkeys((preset, base)):  # the same preset named twice is merged once
         if name:
             data = deep_merge(data, preset_dict(name))
             sources.append(f"preset {name}")

@@ -44,7 +44,7 @@ def load_project_yaml(model: type[M], folder: str, name: str, kind: str) -> tupl
     """A named YAML (see find_project_yaml) validated as `model`, its `name` field set to the file's stem."""
     path = find_project_yaml(folder, name, kind)
     try:
-        return model.model_validate({"name": path.stem, **read_yaml(path)}), path
+        return model.model_validate({"name": path.stem, **read_yaml(path, kind=f"{kind} file")}), path
     except ValidationError as err:
         problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or '<top level>'}: {e['msg']}" for e in err.errors())
         raise SdakdError(f"invalid {kind} {path}:\n{problems}") from None

@@ -19,7 +19,8 @@ NAMED_TEACHERS = ("realesrgan-x4plus", "realesrgan-x4plus-anime-6b", "realesr-an
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # no inf or nan: YAML reads `.inf` and `.nan` as floats, and no field means either
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class TeacherPretrain(Frozen):
@@ -173,6 +174,34 @@ class RunConfig(Frozen):
     )
 
 
+class LpipsConfig(Frozen):
+    net: Literal["alex", "vgg"] = Field("alex", description="LPIPS backbone (torchmetrics' linear heads for it)")
+    backbone_weights: Path | None = Field(
+        None, description="torchvision's ImageNet checkpoint of that backbone (alexnet-owt-7be5be79.pth or "
+        "vgg16-397923af.pth); None = no LPIPS (listed as unavailable)",
+    )
+
+
+class FidConfig(Frozen):
+    """FID and KID on patches: SR validation sets are a few images, so each output and each GT image gives
+    `patches` crops of `patch` px at the same seeded positions."""
+
+    feature_weights: Path | None = Field(
+        None, description="the FID InceptionV3 weights (torch-fidelity's pt_inception-2015-12-05 file); None = no FID"
+    )
+    patch: int = Field(64, ge=16)
+    patches: int = Field(16, ge=1, description="crops per validation image")
+    seed: int = 0
+
+
+class EvalConfig(Frozen):
+    """Which metrics need which local weights; none are downloaded. Excluded from the config hash: they change
+    what is measured, not what is learned."""
+
+    lpips: LpipsConfig = LpipsConfig()
+    fid: FidConfig = FidConfig()
+
+
 class ExperimentConfig(Frozen):
     method: str = "sdakd"
     seed: int = 0
@@ -186,6 +215,7 @@ class ExperimentConfig(Frozen):
     methods: dict[str, Any] = Field(
         default_factory=dict, description="per-method knobs: methods.<name>.<field> (validated by the loader)"
     )
+    eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,6 +24,7 @@ from sdakd.errors import SdakdError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
+DATASET_FILE = re.compile(r"manifest\.json(\.tmp)?|(train|val)-\d+\.parquet")  # what a dataset folder holds
 FORMAT = "sdakd-shards/1"
 SCHEMA = pa.schema(
     [
@@ -45,7 +50,8 @@ def build_dataset(
 
     Images are sorted by name and the last `val_count` form the validation split, so the split depends only on
     the names. Images whose longest side exceeds `max_side` are downscaled (bicubic) to keep CPU work small;
-    `min_side` (the GT crop) is checked on the stored size. Every check runs before anything is written.
+    `min_side` (the GT crop) is checked on the stored size. The dataset is written into a folder beside `out_dir`
+    and swapped in only when complete: a failed build leaves the dataset already there as it was.
     """
     out = Path(out_dir)
     sources = _image_files(images_dir)
@@ -61,35 +67,64 @@ def build_dataset(
         )
     if max_side is not None and min_side > max_side:
         raise SdakdError(f"min_side={min_side} exceeds max_side={max_side}; allowed: min_side <= max_side")
-    if out.exists() and not out.is_dir():
-        raise SdakdError(f"out_dir {out} exists and is not a folder")
+    _check_replaceable(out)
     sizes = [_stored_size(path, max_side, min_side) for path in sources]
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # no manifest until the shards are complete
-    splits = ["train"] * (len(sources) - val_count) + ["val"] * val_count
-    shards, entries = [], []
-    for split in SPLITS:
-        items = [(path, size) for path, size, s in zip(sources, sizes, splits) if s == split]
-        for k, start in enumerate(range(0, len(items), rows_per_shard)):
-            # encode one shard at a time: memory stays bounded by rows_per_shard images
-            rows = [_row(path, size, split) for path, size in items[start : start + rows_per_shard]]
-            path = out / f"{split}-{k:05d}.parquet"
-            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
-            shards.append({"file": path.name, "split": split, "rows": len(rows), "sha256": _file_sha256(path)})
-            entries += [(split, row["name"], row["sha256"]) for row in rows]
-    manifest = {
-        "format": FORMAT,
-        "source": _source_label(images_dir),
-        "max_side": max_side,
-        "counts": {split: splits.count(split) for split in SPLITS},
-        "shards": shards,
-        "checksum": _content_checksum(entries),
-    }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out / MANIFEST)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        splits = ["train"] * (len(sources) - val_count) + ["val"] * val_count
+        shards, entries = [], []
+        for split in SPLITS:
+            items = [(path, size) for path, size, s in zip(sources, sizes, splits) if s == split]
+            for k, start in enumerate(range(0, len(items), rows_per_shard)):
+                # encode one shard at a time: memory stays bounded by rows_per_shard images
+                rows = [_row(path, size, split) for path, size in items[start : start + rows_per_shard]]
+                path = staging / f"{split}-{k:05d}.parquet"
+                pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+                shards.append({"file": path.name, "split": split, "rows": len(rows), "sha256": _file_sha256(path)})
+                entries += [(split, row["name"], row["sha256"]) for row in rows]
+        manifest = {
+            "format": FORMAT,
+            "source": _source_label(images_dir),
+            "max_side": max_side,
+            "counts": {split: splits.count(split) for split in SPLITS},
+            "shards": shards,
+            "checksum": _content_checksum(entries),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out / MANIFEST
+
+
+def _check_replaceable(out: Path) -> None:
+    """`out` may be replaced whole: it is missing, empty or a dataset folder (never someone's other files)."""
+    if out.exists() and not out.is_dir():
+        raise SdakdError(f"out_dir {out} exists and is not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if not DATASET_FILE.fullmatch(p.name)) if out.is_dir() else []
+    if foreign:
+        raise SdakdError(
+            f"out_dir {out} holds files that are not part of a dataset ({', '.join(foreign[:4])}); "
+            "name a new or empty folder, or a dataset folder to rebuild"
+        )
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the complete dataset in `staging` at `out` by renames; the old one is kept until the new one is there."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old)  # onto the empty folder mkdtemp made
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -206,8 +241,11 @@ def _stored_size(path: Path, max_side: int | None, min_side: int) -> tuple[int, 
 
 
 def _row(path: Path, size: tuple[int, int], split: str) -> dict[str, Any]:
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")  # drops alpha, expands gray
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")  # decodes the whole image (drops alpha, expands gray)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's truncated, corrupt or oversized files
+        raise SdakdError(f"{path} is not a readable image ({err}); fix or remove it") from None
     if rgb.size != size:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC)
     buffer = io.BytesIO()

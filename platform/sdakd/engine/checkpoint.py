@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from sdakd.errors import SdakdError
+from sdakd.errors import SdakdError, load_failure
 
 LAST = "last.pt"
 
@@ -45,12 +45,16 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
         path = path / LAST
     if not path.is_file():
         raise SdakdError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise SdakdError(f"checkpoint {path} is empty (0 bytes): its write was cut short; resume from another one")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise SdakdError(f"checkpoint {path} is not a plain weights file (refused to unpickle code): {err}") from None
-    except (RuntimeError, EOFError) as err:
-        raise SdakdError(f"checkpoint {path} is unreadable: {err}") from None
+        raise SdakdError(
+            f"checkpoint {path} is not a plain weights file (refused to unpickle code): {load_failure(err)}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise SdakdError(f"checkpoint {path} is unreadable: {load_failure(err)}") from None
     if not isinstance(state, dict) or "nets" not in state:
         raise SdakdError(f"checkpoint {path} is not an sdakd training checkpoint (no 'nets' entry)")
     return state

@@ -244,7 +244,8 @@ class Engine:
         self.history = dict(state["history"])
         self.position = Position(next_stage, 0)
 
-    def resume(self, path: Path) -> None:
+    def resume(self, path: Path) -> int:
+        """Continue where the checkpoint stopped; returns the global step it had reached, as it counted it."""
         state = load_checkpoint(path, map_location=self.device)
         try:
             self.load_state_dict(state)
@@ -253,6 +254,7 @@ class Engine:
             raise SdakdError(
                 f"checkpoint {path} does not fit this config's networks (wrong architecture or method?): {first}"
             ) from None
+        return int(state.get("global_step", self.global_step()))
 
     def _checkpoint(self, stage_name: str | None = None) -> None:
         path = None

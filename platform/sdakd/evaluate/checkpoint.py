@@ -10,9 +10,10 @@ import torch
 from sdakd.config.load import load_config
 from sdakd.engine.checkpoint import load_checkpoint
 from sdakd.engine.device import resolve_device
-from sdakd.errors import SdakdError
+from sdakd.errors import SdakdError, load_failure
 from sdakd.evaluate.validator import Validator, cost
 from sdakd.models.from_config import student_generator
+from sdakd.models.weights import check_fits
 from sdakd.teacher.cache import prepare_inputs
 
 
@@ -31,7 +32,7 @@ def _student_state(path: Path) -> dict[str, torch.Tensor]:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-            raise SdakdError(f"{path} is not a plain weights file (refused to load it): {err}") from None
+            raise SdakdError(f"{path} is not a plain weights file (refused to load it): {load_failure(err)}") from None
     state = load_checkpoint(path)
     ema = state.get("ema")
     return {k.removeprefix("module."): v for k, v in ema.items()} if ema else state["nets"]["student_g"]
@@ -45,11 +46,8 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, 
     device = resolve_device(cfg.run.device)
     student = student_generator(cfg)
     state = _student_state(path)
-    try:
-        student.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise SdakdError(f"{path} does not fit the run's student architecture: {first}") from None
+    check_fits(student, state, path)
+    student.load_state_dict(state)
     student.to(device)
     data, teacher = prepare_inputs(cfg, device)
     validator = Validator(cfg, data, teacher, device)

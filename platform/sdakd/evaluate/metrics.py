@@ -76,9 +76,14 @@ def _ssim(x: Tensor, y: Tensor, data_range: float) -> Tensor:
     return ssim_map.mean(dim=(1, 2, 3))
 
 
-def lpips_or_none(sr: Tensor, hr: Tensor, weights_path: str | Path | None = None) -> float | None:
-    """LPIPS (AlexNet) of [0, 1] RGB images, or None when no usable local weights exist (see lpips_unavailable)."""
-    net, _ = _lpips_net(None if weights_path is None else str(weights_path))
+BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}  # torchvision's releases
+BACKBONE_NAMES = {"alex": "AlexNet", "vgg": "VGG16"}
+
+
+def lpips_or_none(sr: Tensor, hr: Tensor, weights_path: str | Path | None = None, net: str = "alex") -> float | None:
+    """LPIPS of [0, 1] RGB images (mean over the batch), or None when no usable local weights exist (see
+    lpips_unavailable)."""
+    net, _ = _lpips_net(None if weights_path is None else str(weights_path), net)
     if net is None:
         return None
     if sr.dim() == 3:
@@ -89,28 +94,28 @@ def lpips_or_none(sr: Tensor, hr: Tensor, weights_path: str | Path | None = None
     return float(scores.mean())
 
 
-def lpips_unavailable(weights_path: str | Path | None = None) -> str | None:
+def lpips_unavailable(weights_path: str | Path | None = None, net: str = "alex") -> str | None:
     """Why LPIPS cannot be computed offline with `weights_path`, or None when it can."""
-    return _lpips_net(None if weights_path is None else str(weights_path))[1]
+    return _lpips_net(None if weights_path is None else str(weights_path), net)[1]
 
 
 @functools.lru_cache(maxsize=4)
-def _lpips_net(weights_path: str | None) -> tuple[nn.Module | None, str | None]:
-    """torchmetrics' LPIPS network with its AlexNet backbone loaded from a local torchvision checkpoint.
+def _lpips_net(weights_path: str | None, backbone: str = "alex") -> tuple[nn.Module | None, str | None]:
+    """torchmetrics' LPIPS network with its backbone (AlexNet or VGG16) loaded from a local torchvision checkpoint.
 
-    torchmetrics' LearnedPerceptualImagePatchSimilarity always asks torchvision for the ImageNet AlexNet, which
+    torchmetrics' LearnedPerceptualImagePatchSimilarity always asks torchvision for the ImageNet backbone, which
     downloads; so the same network is built with a random backbone (pnet_rand) and the local file loaded into it.
     The LPIPS linear heads ship inside torchmetrics. Any failure yields a reason, never a number.
     """
     if weights_path is None:
-        return None, "no LPIPS weights given (needs torchvision's AlexNet checkpoint, alexnet-owt-7be5be79.pth)"
+        return None, f"no LPIPS weights given (needs torchvision's checkpoint {BACKBONE_FILES[backbone]})"
     path = Path(weights_path)
     if not path.is_file():
         return None, f"LPIPS weights {path} not found"
     try:
         from torchmetrics.functional.image.lpips import _NoTrainLpips
 
-        net = _NoTrainLpips(net="alex", pnet_rand=True)
+        net = _NoTrainLpips(net=backbone, pnet_rand=True)
     except Exception as err:  # noqa: BLE001 - a missing torchvision or a changed private API: report, do not guess
         return None, f"torchmetrics' LPIPS network cannot be built offline ({err})"
     try:
@@ -121,9 +126,10 @@ def _lpips_net(weights_path: str | None) -> tuple[nn.Module | None, str | None]:
     wanted = {name: f"features.{name.split('.', 1)[1]}" for name in net.net.state_dict()}
     missing = [key for key in wanted.values() if key not in state]
     if missing:
-        return None, f"{path} lacks AlexNet feature weights ({', '.join(missing)}); expected torchvision's alexnet"
+        name = BACKBONE_NAMES[backbone]
+        return None, f"{path} lacks {name} feature weights ({', '.join(missing[:4])}); expected torchvision's {name}"
     try:
         net.net.load_state_dict({name: state[key] for name, key in wanted.items()})
     except RuntimeError as err:
-        return None, f"{path} does not fit AlexNet: {' '.join(str(err).split())}"
+        return None, f"{path} does not fit {BACKBONE_NAMES[backbone]}: {' '.join(str(err).split())[:300]}"
     return net, None

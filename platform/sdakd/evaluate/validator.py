@@ -3,6 +3,8 @@ and what a generator costs at the size the reports use."""
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -13,21 +15,20 @@ from sdakd.data import factor_val_pairs, val_pairs
 from sdakd.data.dataset import Dataset
 from sdakd.data.degrade import bicubic_up
 from sdakd.evaluate.cost import count_params, latency_ms, macs
-from sdakd.evaluate.metrics import psnr_y, ssim_y
+from sdakd.evaluate.distribution import PatchDistance, crop_patches, patch_positions
+from sdakd.evaluate.metrics import lpips_or_none, psnr_y, ssim_y
+from sdakd.evaluate.registry import unavailable
 from sdakd.models import generate
 from sdakd.teacher.frozen import Teacher
 
 COST_LR_SIZE = 64  # MACs and latency are measured on a 64x64 LR input (fixed-size families: at their out_size)
 
-# Full-reference image metrics, each (output, reference, crop border) -> float on one image. Every entry is
-# scored against GT (`<name>`), for the references (`bicubic_<name>`, `teacher_<name>`), and against the
-# teacher's output where `VS_TEACHER` names it (`<name>_vs_teacher`). Extra metrics plug in here.
-FULL_REFERENCE: dict[str, Callable[[torch.Tensor, torch.Tensor, int], float]] = {"psnr_y": psnr_y, "ssim_y": ssim_y}
-VS_TEACHER = ("psnr_y",)
+ImageScore = Callable[[torch.Tensor, torch.Tensor, int], float]  # (output, reference, crop border) of one image
 
 
 class Validator:
-    """Validation images with the teacher's and bicubic outputs computed once.
+    """Validation images with the teacher's and bicubic outputs computed once, scored by every available metric
+    of `sdakd.evaluate.registry`; `unavailable` says which are not, and why.
 
     GCFSR mode (data.scales): every image at every factor, its LR upsampled back to HR size and the factor passed
     as `cond`; so the bicubic reference is that upsampled LR, and the BasicSR crop border (data.scale) is 1 px.
@@ -42,6 +43,20 @@ class Validator:
         self.pairs = pairs[: cfg.run.eval_max_images] if cfg.run.eval_max_images else pairs
         self.scale = cfg.data.scale
         self.device = device
+        self.unavailable = unavailable(cfg, teacher is not None)
+        self.weights = {name: path for name, path in _weight_files(cfg).items() if name not in self.unavailable}
+        # full-reference metrics of one image, by name (their `_vs_teacher` twins reuse them)
+        self.image_scores: dict[str, ImageScore] = {"psnr_y": psnr_y, "ssim_y": ssim_y}
+        if "lpips" not in self.unavailable:
+            lp = cfg.eval.lpips
+            self.image_scores["lpips"] = lambda o, r, _crop: lpips_or_none(o, r, lp.backbone_weights, lp.net)
+        self.gt = [hr.unsqueeze(0) for _, _, hr, _ in self.pairs]
+        self.patches = None
+        if "fid" not in self.unavailable:
+            f = cfg.eval.fid
+            positions = patch_positions([tuple(hr.shape[-2:]) for hr in self.gt], f.patch, f.patches, f.seed)
+            self.patches = partial(crop_patches, positions=positions)
+            self.distance = PatchDistance(f.feature_weights, self.patches(self.gt), device)
         self.teacher_sr = [self.run(teacher.g, lr, cond) for _, lr, _, cond in self.pairs] if teacher else None
 
     @torch.no_grad()
@@ -50,32 +65,40 @@ class Validator:
         cond = None if cond is None else cond.to(self.device)
         return generate(g, lr.unsqueeze(0).to(self.device), cond).clamp(0, 1).cpu()
 
-    def _score(self, outputs: list[torch.Tensor], references: list[torch.Tensor], names: Iterable[str],
-               prefix: str = "", suffix: str = "") -> dict[str, float]:
+    def score(self, outputs: list[torch.Tensor], references: list[torch.Tensor], suffix: str = "") -> dict[str, float]:
+        """Every available image metric of `outputs` against `references`, named `<metric><suffix>`."""
         return {
-            f"{prefix}{name}{suffix}": _mean(FULL_REFERENCE[name](o, r, self.scale) for o, r in zip(outputs, references))
-            for name in names
+            name + suffix: _mean(fn(o, r, self.scale) for o, r in zip(outputs, references))
+            for name, fn in self.image_scores.items()
+            if name + suffix not in self.unavailable
         }
 
-    def _gt(self) -> list[torch.Tensor]:
-        return [hr.unsqueeze(0) for _, _, hr, _ in self.pairs]
+    def score_vs_gt(self, outputs: list[torch.Tensor]) -> dict[str, float]:
+        metrics = self.score(outputs, self.gt)
+        if self.patches is not None:
+            metrics |= self.distance(self.patches(outputs))
+        return metrics
 
     def student(self, g: nn.Module) -> dict[str, float]:
         was_training = g.training
         g.eval()
         outputs = [self.run(g, lr, cond) for _, lr, _, cond in self.pairs]
         g.train(was_training)
-        metrics = self._score(outputs, self._gt(), FULL_REFERENCE)
+        metrics = self.score_vs_gt(outputs)
         if self.teacher_sr is not None:
-            metrics |= self._score(outputs, self.teacher_sr, VS_TEACHER, suffix="_vs_teacher")
+            metrics |= self.score(outputs, self.teacher_sr, "_vs_teacher")
         return metrics
 
     def references(self) -> dict[str, float]:
         bicubic = [bicubic_up(lr.unsqueeze(0), self.scale).clamp(0, 1) for _, lr, _, _ in self.pairs]
-        metrics = self._score(bicubic, self._gt(), FULL_REFERENCE, prefix="bicubic_")
+        metrics = {f"bicubic_{k}": v for k, v in self.score_vs_gt(bicubic).items()}
         if self.teacher_sr is not None:
-            metrics |= self._score(self.teacher_sr, self._gt(), FULL_REFERENCE, prefix="teacher_")
+            metrics |= {f"teacher_{k}": v for k, v in self.score_vs_gt(self.teacher_sr).items()}
         return metrics
+
+
+def _weight_files(cfg: ExperimentConfig) -> dict[str, Path | None]:
+    return {"lpips": cfg.eval.lpips.backbone_weights, "fid": cfg.eval.fid.feature_weights}
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -29,7 +29,7 @@ REAL_FAKE = {"real": 1.0, "fake": 1.0}  # a D's terms: GT as real, the student's
 
 
 class NoOptions(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # as the config's sections
 
 
 class GANOptions(NoOptions):

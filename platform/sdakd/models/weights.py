@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import TypeVar
+from typing import Mapping, TypeVar
 
 import torch
 from torch import nn
 
-from sdakd.errors import SdakdError
+from sdakd.errors import SdakdError, load_failure
 
 M = TypeVar("M", bound=nn.Module)
 SHOWN = 4  # offending keys named in an error
@@ -47,7 +47,7 @@ def read_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tens
             "(torch.load(weights_only=True) rejected it). Re-save only its state dict where you trust it."
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise SdakdError(f"{path}: unreadable weights file ({err})") from None
+        raise SdakdError(f"{path}: unreadable weights file ({load_failure(err)})") from None
     top = list(ckpt) if isinstance(ckpt, dict) else []
     if key is not None:
         if key not in top:
@@ -63,16 +63,18 @@ def read_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tens
     return state
 
 
-def load_weights(model: M, path: str | Path, key: str | None = None, strict: bool = True) -> M:
-    """Load an official (or our own) checkpoint into `model`; a mismatch raises SdakdError naming keys and shapes."""
+def check_fits(
+    model: nn.Module, state: object, source: object, strict: bool = True, names: Mapping[str, str] | None = None
+) -> None:
+    """Raise one SdakdError naming the first missing, unexpected and reshaped keys where `state` does not fit
+    `model` (torch's own error holds them on lines the CLI does not show). `names`: how to spell keys in it."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SdakdError(f"{source}: holds no state dict of tensors")
     expected = model.state_dict()
-    to_legacy = legacy_names(list(expected))
-    from_legacy = {old: new for new, old in to_legacy.items()}
-    unused = getattr(model, "checkpoint_unused", ())  # key prefixes an official checkpoint holds but the model drops
-    state = {from_legacy.get(k, k): v for k, v in read_state(path, key).items() if not k.startswith(unused)}
+    names = names or {}
 
-    def shown(keys: list[str]) -> str:  # name keys as the official format spells them
-        return few([to_legacy.get(k, k) for k in keys])
+    def shown(keys: list[str]) -> str:
+        return few([names.get(k, k) for k in keys])
 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -84,14 +86,23 @@ def load_weights(model: M, path: str | Path, key: str | None = None, strict: boo
         problems.append(f"unexpected {shown(unexpected)}")
     if reshaped:
         shapes = [
-            f"{to_legacy.get(k, k)} expected {tuple(expected[k].shape)} found {tuple(state[k].shape)}" for k in reshaped
+            f"{names.get(k, k)} expected {tuple(expected[k].shape)} found {tuple(state[k].shape)}" for k in reshaped
         ]
         problems.append(f"shape mismatch: {few(shapes)}")
     if problems:
         raise SdakdError(
-            f"{path} does not fit {type(model).__name__}: {'; '.join(problems)}. "
+            f"{source} does not fit {type(model).__name__}: {'; '.join(problems)}. "
             "Checkpoint of the wrong architecture or width?"
         )
+
+
+def load_weights(model: M, path: str | Path, key: str | None = None, strict: bool = True) -> M:
+    """Load an official (or our own) checkpoint into `model`; a mismatch raises SdakdError naming keys and shapes."""
+    to_legacy = legacy_names(list(model.state_dict()))  # name keys as the official format spells them
+    from_legacy = {old: new for new, old in to_legacy.items()}
+    unused = getattr(model, "checkpoint_unused", ())  # key prefixes an official checkpoint holds but the model drops
+    state = {from_legacy.get(k, k): v for k, v in read_state(path, key).items() if not k.startswith(unused)}
+    check_fits(model, state, path, strict, to_legacy)
     model.load_state_dict(state, strict=strict)
     return model
 

@@ -45,12 +45,13 @@ from sdakd.config.schema import ExperimentConfig
 from sdakd.engine.device import resolve_device
 from sdakd.errors import SdakdError
 from sdakd.ray_adapter.cluster import connect, storage_root
+from sdakd.ray_adapter.search_callbacks import Progress, TrialRunsCallback
 from sdakd.ray_adapter.trial import tune_trial
-from sdakd.search.space import Space, Suggest, load_space
-from sdakd.search.summary import Summary, TrialRow, fail_orphans, summarize
+from sdakd.search.space import Constraint, Space, Suggest, load_space
+from sdakd.search.summary import Summary, TrialRow, fail_orphans, search_folder, summarize
 from sdakd.search.trial import run_trial
 from sdakd.teacher.cache import prepare_inputs
-from sdakd.tracking.search import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_samples
+from sdakd.tracking.search import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_results, log_samples
 from sdakd.tracking.store import Store, git_tags, resolve_uri
 
 STATE_FILE = "engine.pt"
@@ -81,7 +82,7 @@ def run_named(
 
 def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracking_uri: str | None = None) -> Summary:
     """Run (or resume) the search; everything that can be wrong with the input fails before Ray starts."""
-    folder = Path(base.run.out_dir or Path("runs") / f"search-{space.name}").resolve()
+    folder = search_folder(space, base)
     # Tune's experiment (trial folders, checkpoints, what --resume restores): in the configured storage (a
     # cluster's bucket), named after the search folder, else in the search folder itself.
     storage = storage_root(base)
@@ -146,9 +147,7 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
             )
         summary = summarize(space, base, folder, [_row(result) for result in tuner.fit()])
         fail_orphans(storage_db, space.name, {t["config"].get(Suggest.TRIAL_KEY) for t in summary.trials})
-        store.log_files(parent, [folder / "trials.json"])
-        best_folder = "pareto" if len(space.objectives) > 1 else None
-        store.log_files(parent, [Path(t["file"]) for t in summary.best], best_folder)
+        log_results(store, parent, summary, storage_db)
         ok = not any(t["error"] for t in summary.trials)
     finally:
         store.close(parent, ok)
@@ -158,13 +157,27 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
 
 class ResumableOptunaSearch(OptunaSearch):
     """A killed driver may have told Optuna a trial finished after the last experiment snapshot; on --resume Tune
-    runs that trial on from its checkpoint and reports again. The study keeps its first, complete record."""
+    runs that trial on from its checkpoint and reports again. The study keeps its first, complete record.
+
+    With constraints, each trial's violations (from its last report; <= 0: satisfied) are set on its Optuna trial
+    (`Trial.set_constraint`) before Optuna hears it finished: the sampler prefers feasible trials."""
+
+    def __init__(self, *args: Any, constraints: Sequence[Constraint] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.constraints = list(constraints)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._ot_trials:
+            for i, c in enumerate(self.constraints):  # a trial that never reported the metric counts as infeasible
+                value = c.violation(result[c.metric]) if result and c.metric in result else 1.0
+                self._ot_trials[trial_id].set_constraint(f"{i}:{c.metric}", value)
+        super().on_trial_complete(trial_id, result, error)
 
 
 def _searcher(space: Space, storage: str) -> OptunaSearch:
@@ -177,6 +190,7 @@ def _searcher(space: Space, storage: str) -> OptunaSearch:
         seed=space.sampler.seed,  # OptunaSearch builds a TPESampler with it (multi-objective included)
         storage=optuna.storages.RDBStorage(storage),
         study_name=space.name,
+        constraints=space.constraints,
     )
 
 
@@ -239,43 +253,6 @@ def _report(metrics: dict[str, Any], state_file: Path | None) -> None:
 
 
 # ---------------------------------------------------------------- on the driver
-
-
-class Progress(tune.Callback):
-    """One line per stage report and per finished trial, instead of Tune's status tables."""
-
-    def __init__(self, space: Space) -> None:
-        self.metrics = [o.metric for o in space.objectives]
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        scores = " ".join(f"{m}={result[m]:.4g}" for m in self.metrics)
-        cached = f" (stages 1-{result['prefix_stages']} from the prefix cache)" if result["prefix_stages"] else ""
-        print(f"trial {trial.trial_id} {result['stage']}: {scores} trained {result['trained_iters']} it{cached}",
-              flush=True)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result
-        how = "finished" if last.get("final") else f"stopped after {last.get('stage', 'no stage')}"
-        print(f"trial {trial.trial_id} {how}", flush=True)
-
-
-class TrialRunsCallback(tune.Callback):
-    """Tune's trial events, forwarded to the search's MLflow runs."""
-
-    def __init__(self, runs: TrialRuns) -> None:
-        self.runs = runs
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.runs.run(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.runs.result(trial, result)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.runs.complete(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.runs.error(trial)
 
 
 def _row(result: tune.Result) -> TrialRow:

@@ -33,7 +33,7 @@ from sdakd.experiment import Experiment, Placement, out_dir_for
 from sdakd.pipeline import resume_from, run
 from sdakd.ray_adapter.cluster import storage_root
 from sdakd.ray_adapter.faults import FailOnce, fault_from_env
-from sdakd.run_folder import resume_path
+from sdakd.run_folder import resume_point
 from sdakd.teacher.cache import prepare_inputs
 
 
@@ -142,7 +142,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         callbacks.append(FailOnce(**config["fault"]))
 
     def finish(exp: Experiment) -> dict[str, Any]:
-        return {"workers": world_size, "ranks_agree": ranks_agree(exp) if world_size > 1 else True}
+        agree = ranks_agree(exp) if world_size > 1 else True
+        return {"workers": world_size, "ranks_agree": agree} | config.get("warm_start", {})
 
     exp = run(worker.cfg, start=_start(config), placement=placement, callbacks=callbacks,
               command=config["command"], finish=finish)
@@ -156,13 +157,15 @@ def train_distributed(
     gpus_per_worker: float = 0,
     cpus_per_worker: float = 1,
     resume: Path | bool | None = None,
+    warm_start: bool = False,
     callbacks: Iterable[Callbacks] = (),
     command: str | None = None,
 ) -> ray.train.Result:
     """Train all stages on `workers` Ray Train workers; `result.return_value` holds the final metrics.
 
-    Batch size is per worker. `resume` works as in the local path (True: the run folder's last checkpoint) and
-    is used only when Ray has no checkpoint of this run yet. `callbacks` run on every rank (they are pickled).
+    Batch size is per worker. `resume` and `warm_start` work as in the local path (True: the run folder's last
+    checkpoint); `resume` is used only when Ray has no checkpoint of this run yet. `callbacks` run on every rank
+    (they are pickled).
     """
     if workers < 1 or gpus_per_worker < 0 or cpus_per_worker <= 0:
         raise SdakdError(
@@ -170,10 +173,11 @@ def train_distributed(
             "allowed: workers >= 1, gpus_per_worker >= 0, cpus_per_worker > 0"
         )
     cfg = with_absolute_paths(cfg)
-    path = resume_path(cfg, resume)  # before Ray starts: a checkpoint of other networks fails here
+    path, warm = resume_point(cfg, resume, warm_start)  # before Ray starts: a checkpoint of other networks fails here
     loop_config = {
         "config": cfg.to_dict(),
         "resume": str(path) if path else None,
+        "warm_start": warm,
         "command": command or shlex.join(sys.argv),
         "callbacks": list(callbacks),
         "fault": fault_from_env(),

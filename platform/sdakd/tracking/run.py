@@ -113,6 +113,8 @@ class TrackedRun(Callbacks):
                 "sdakd.lpips_pretrained": "lpips" in metrics["student"],
                 "sdakd.device": info["device"],
             }
+            | {f"sdakd.metric_weights.{name}": value for name, value in metrics["metric_weights"].items()}
+            | {f"sdakd.unavailable.{name}": reason[:500] for name, reason in metrics["unavailable"].items()}
         )
         folder = exp.out_dir
         for name in RUN_FILES:

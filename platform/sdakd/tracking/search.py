@@ -10,16 +10,21 @@ trains all its stages attaches its sample grid itself (`log_samples`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import optuna
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sdakd.config.load import with_overrides
 from sdakd.config.schema import ExperimentConfig
-from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest
+from sdakd.evaluate.registry import IMAGE_METRICS
+from sdakd.search.space import Space, Suggest
+from sdakd.search.summary import Summary, best_table
 from sdakd.tracking import plots
 from sdakd.tracking.run import TrackedRun, start_child_run
+from sdakd.tracking.store import Store
 
 EXPERIMENT = "sdakd-searches"
 ROLE = "search"
@@ -85,7 +90,7 @@ class TrialRuns:
 
     def result(self, trial: Any, result: dict) -> None:
         tracker = self.run(trial)
-        values = {f"eval/{k}": result[k] for k in OBJECTIVE_METRICS if k in result and k not in ("macs", "params")}
+        values = {f"eval/{k}": result[k] for k in IMAGE_METRICS if k in result}
         values |= {k: result[k] for k in PROGRESS}
         tracker.log_metrics(values, step=result["stage_number"])
         tracker.log_metrics({k: result[k] for k in ("macs", "params")})
@@ -100,3 +105,18 @@ class TrialRuns:
     def error(self, trial: Any) -> None:
         tracker = self.run(trial)
         tracker.client.set_terminated(tracker.run_id, "FAILED")
+
+
+def log_results(store: Store, parent: str, summary: Summary, storage: str) -> None:
+    """On the search's parent run: trials.json, the best config(s), their table, and the study's plots."""
+    folder, space = summary.folder, summary.space
+    (folder / "best.md").write_text(best_table(summary))
+    store.log_files(parent, [folder / "trials.json", folder / "best.md"])
+    best_folder = "pareto" if len(space.objectives) > 1 else None
+    store.log_files(parent, [Path(t["file"]) for t in summary.best], best_folder)
+    study = optuna.load_study(study_name=space.name, storage=storage)
+    pictures, missing = plots.study_plots(study, [o.metric for o in space.objectives], folder / "plots")
+    if missing:  # said, not silently skipped
+        (folder / "plots" / "not_drawn.txt").write_text("".join(f"{k}: {v}\n" for k, v in missing.items()))
+        pictures.append(folder / "plots" / "not_drawn.txt")
+    store.log_files(parent, pictures, "plots")

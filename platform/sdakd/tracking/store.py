@@ -25,6 +25,7 @@ URI_ENV = "SDAKD_TRACKING_URI"
 DEFAULT_DB = "mlflow.db"
 REACH_TIMEOUT_S = 3.0
 SERVER_SCHEMES = ("http://", "https://")
+STORE_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")  # MLflow's
 # Tags this package reads back; the rest are for people browsing the UI.
 ROLE, GROUP, SEED = "sdakd.role", "sdakd.group", "sdakd.seed"
 CONFIG_HASH = "sdakd.config_hash"  # a cell x seed: what `ablate` skips when finished
@@ -38,6 +39,13 @@ def resolve_uri(cli: str | None = None, configured: str | None = None) -> str:
         return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve()}"
     if "://" not in uri:
         return f"sqlite:///{Path(uri).expanduser().resolve()}"
+    scheme = uri.split("://", 1)[0].split("+", 1)[0]  # postgresql+psycopg2:// is a postgresql store
+    if scheme not in STORE_SCHEMES:
+        others = ", ".join(f"{s}://" for s in STORE_SCHEMES[3:])
+        raise SdakdError(
+            f"tracking URI {uri}: unknown scheme {scheme!r}; allowed: sqlite:///PATH, http(s)://HOST:PORT, "
+            f"{others}, or a plain path (an SQLite file)"
+        )
     return uri
 
 
