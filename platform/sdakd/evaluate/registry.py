@@ -31,8 +31,8 @@ class Metric:
 DEFINITIONS = {  # in the order reports show them
     "psnr_y": Metric("max", "image", "gt", heading="PSNR-Y (dB)"),
     "ssim_y": Metric("max", "image", "gt", heading="SSIM-Y", digits=4),
-    "psnr_y_vs_teacher": Metric("max", "image", "teacher", heading="PSNR-Y vs teacher (dB)"),
-    "ssim_y_vs_teacher": Metric("max", "image", "teacher", heading="SSIM-Y vs teacher", digits=4),
+    "psnr_y_vs_teacher": Metric("max", "image", "teacher", heading="PSNR vs teacher (dB)"),
+    "ssim_y_vs_teacher": Metric("max", "image", "teacher", heading="SSIM vs teacher", digits=4),
     "lpips": Metric("min", "image", "gt", "eval.lpips.backbone_weights", "LPIPS", 4),
     "lpips_vs_teacher": Metric("min", "image", "teacher", "eval.lpips.backbone_weights", "LPIPS vs teacher", 4),
     "fid": Metric("min", "set", "gt", "eval.fid.feature_weights", "FID (patches)"),
