@@ -5,7 +5,10 @@ family (RRDBNet 64/23/32): params, MACs at a 64x64 LR input, CPU latency (every 
 interleaved in rounds) and speed-up over the teacher. The tiny students are also trained with the CLI, sharing one
 cache so the teacher is pretrained once; stages are shortened to fit the 5-minute budget (STAGES, or --stages).
 
-    python -m benchmarks.students [--rounds N]
+`--shipped` measures the shipped form instead (no training): each network exported to ONNX (`sdakd export`'s
+exporter) under onnxruntime on the CPU next to PyTorch eager, at 1 and 2 threads, at 64x64 and 256x256 LR.
+
+    python -m benchmarks.students [--rounds N] [--shipped]
 """
 
 from __future__ import annotations
@@ -37,22 +40,29 @@ LR_SHAPE = (1, 3, 64, 64)
 PAPER_SPEEDUP = 4.35
 STAGES = (100, 20, 20)  # iterations of s1, s2, s3 that fit the 5-minute budget here; the tiny preset's: 150 150 200
 OUT = Path("runs/bench-students")
+SIDES_SHIPPED, THREADS_SHIPPED = (64, 256), (1, 2)
 FAMILIES = {"tiny": ("tiny", 5), "Real-ESRGAN x4 (RRDBNet 64/23/32)": ("realesrgan-x4", 1)}  # preset, rounds x
 
 
 # ---------------------------------------------------------------- cost
 
 
-def costs(preset: str, rounds: int) -> list[dict]:
-    """One row per network: the teacher, then each width (a width-1 student of the teacher's depth IS the teacher)."""
+def networks(preset: str) -> dict[str, torch.nn.Module]:
+    """The teacher, then each width (a width-1 student of the teacher's depth IS the teacher), in eval mode."""
     cfg = load_config(preset)
     nets = {"teacher": sr_generator(cfg)}
     for width in WIDTHS:
         if width < 1 or cfg.student.num_block not in (None, cfg.teacher.num_block):
             nets[f"width {width:g}"] = sr_generator(cfg, width, cfg.student.num_block)
+    return {name: net.eval() for name, net in nets.items()}
+
+
+def costs(preset: str, rounds: int) -> list[dict]:
+    """One row per network (`networks`): params, MACs, latency, speed-up over the teacher."""
+    nets = networks(preset)
     x = torch.rand(LR_SHAPE)
     with torch.inference_mode():
-        times = interleaved({name: (lambda net=net: net.eval()(x)) for name, net in nets.items()}, rounds, warmup=1)
+        times = interleaved({name: (lambda net=net: net(x)) for name, net in nets.items()}, rounds, warmup=1)
     rows = []
     for name, net in nets.items():
         speedup, low, high = median_ci(ratios(times.cpu, "teacher", name))
@@ -142,12 +152,78 @@ def paper_point(family: str, rows: list[dict]) -> dict | None:
     return first
 
 
+# ---------------------------------------------------------------- the shipped form (--shipped)
+
+
+def eager(net: torch.nn.Module, x: torch.Tensor, threads: int) -> None:
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        net(x)
+
+
+def shipped(nets: dict[str, torch.nn.Module], side: int, rounds: int, folder: Path) -> list[dict]:
+    """Per network, wall ms of PyTorch eager and of its ONNX export under onnxruntime (CPU), each at 1 and 2
+    threads, on one 1x3xSIDExSIDE LR input: all variants of all networks interleaved, one call each per round.
+    ONNX files are written into `folder` once (named by network) and reused."""
+    from sdakd.ship.export import write_onnx
+    from sdakd.ship.runtimes import onnx_upscaler
+
+    x = torch.rand(1, 3, side, side)
+    variants = {}
+    for name, net in nets.items():
+        path = folder / f"{name.replace(' ', '-')}.onnx"
+        if not path.exists():
+            write_onnx(net, path, {})
+        for threads in THREADS_SHIPPED:
+            session = onnx_upscaler(path, torch.device("cpu"), threads)
+            variants[(name, "eager", threads)] = lambda net=net, t=threads: eager(net, x, t)
+            variants[(name, "onnxruntime", threads)] = lambda s=session: s.forward(x)
+    times = interleaved(variants, rounds, warmup=1)
+    quiet_cpu()
+    rows = {}
+    for (name, runtime, threads), wall in times.wall.items():
+        row = rows.setdefault(name, {"network": name, "side": side})
+        row[f"{runtime} {threads}t"] = statistics.median(wall) * 1e3
+        if runtime == "onnxruntime":  # per round: the two calls saw about the same machine load
+            per_round = ratios(times.wall, (name, "eager", threads), (name, runtime, threads))
+            row[f"gain {threads}t"] = statistics.median(per_round)
+    return list(rows.values())
+
+
+def print_shipped(family: str, rows: list[dict], rounds: int) -> None:
+    columns = [f"{r} {t}t" for t in THREADS_SHIPPED for r in ("eager", "onnxruntime")]
+    print(f"\n{family}: wall ms per 1x3xSxS LR input, median of {rounds} interleaved rounds; onnxruntime gain = "
+          "eager time / onnxruntime time (per round); speed-up = teacher / network, both under onnxruntime 1t")
+    print("| network | LR side | " + " | ".join(f"{c} ms" for c in columns)
+          + " | " + " | ".join(f"onnxruntime gain {t}t" for t in THREADS_SHIPPED) + " | speed-up (ORT 1t) |")
+    print("|---|---:|" + "---:|" * (len(columns) + len(THREADS_SHIPPED) + 1))
+    for r in rows:
+        teacher = next(t for t in rows if t["network"] == "teacher" and t["side"] == r["side"])
+        print(f"| {r['network']} | {r['side']} | " + " | ".join(f"{r[c]:.1f}" for c in columns) + " | "
+              + " | ".join(f"{r[f'gain {t}t']:.2f}x" for t in THREADS_SHIPPED)
+              + f" | {teacher['onnxruntime 1t'] / r['onnxruntime 1t']:.2f}x |")
+
+
+def main_shipped(rounds: int) -> None:
+    began = time.perf_counter()
+    for family, (preset, factor) in FAMILIES.items():
+        folder = OUT / "onnx" / preset
+        folder.mkdir(parents=True, exist_ok=True)
+        nets = networks(preset)
+        rows = [row for side in SIDES_SHIPPED for row in shipped(nets, side, rounds * factor, folder)]
+        print_shipped(family, rows, rounds * factor)
+    print(f"\nONNX files in {OUT / 'onnx'}; total {time.perf_counter() - began:.0f} s")
+
+
 def main() -> None:
     parser = command_line(__doc__, rounds=3)  # for the RRDBNet family; the tiny one gets 5x as many
     parser.add_argument("--stages", type=int, nargs=3, default=STAGES, metavar=("S1", "S2", "S3"),
                         help="training iterations per stage (the tiny preset's: 150 150 200, about 19 min here)")
+    parser.add_argument("--shipped", action="store_true", help="only the shipped form's latency (ONNX, 2 sides)")
     args = parser.parse_args()
     quiet_cpu()
+    if args.shipped:
+        return main_shipped(args.rounds)
     began = time.perf_counter()
     teacher_s = ensure_teacher()
     # Students train two at a time in processes forked from this one (no second torch import: ~20 s here each),

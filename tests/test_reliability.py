@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import warnings
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -264,3 +273,229 @@ def test_an_empty_or_poisoned_checkpoint_is_one_error_without_torch_advice(capsy
     code, _, err = run_cli(capsys, "eval", poisoned(tmp_path / "student.pt", marker))
     assert_one_error(code, err, "refused to load it", "Unsupported global")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 5. divergence is a failed run, not a crash
+
+
+def test_a_diverged_run_is_one_error_and_a_failed_json(capsys, trained, tmp_path):
+    out = tmp_path / "run"
+    argv = [*TINY, *stages(2), "--set", "optim.lr_g=1e6", "--set", f"run.cache_dir={trained / 'cache'}",
+            "--set", f"run.out_dir={out}"]
+    code, _, err = run_cli(capsys, "train", *argv)
+    record = json.loads((out / "failed.json").read_text())
+    assert code == 1 and err.count("error: ") == 1 and "Traceback" not in err, err
+    assert f"error: stage s1 diverged at global step {record['global_step']} (step {record['step_in_stage']} of 2): " \
+           "loss/pixel=nan" in err and f"(details: {out / 'failed.json'})" in err, err
+    assert record["stage"] == "s1" and record["terms"]["loss/pixel"] == "nan"
+    assert record["last_finite_step"] == record["global_step"] - 1 and "loss/pixel" in record["last_finite_losses"]
+    assert record["config_hash"] == config_hash(load_config("tiny", overrides=argv[3::2]))
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_blown_up_discriminator_is_a_divergence_unless_unbounded(capsys, trained, tmp_path):
+    argv = [*TINY, *stages(2), "--set", "optim.lr_d=1e6", "--set", f"run.cache_dir={trained / 'cache'}"]
+    code, _, err = run_cli(capsys, "train", *argv, "--set", f"run.out_dir={tmp_path / 'bounded'}")
+    assert code == 1 and "error: stage s2 diverged" in err and "(above run.max_d_loss=10000)" in err, err
+    assert "loss/d_total" in json.loads((tmp_path / "bounded" / "failed.json").read_text())["terms"]
+    # null lifts the bound: the D losses of ~1e13 pass, as before
+    code, _, err = run_cli(capsys, "train", *argv, "--set", f"run.out_dir={tmp_path / 'free'}",
+                           "--set", "run.max_d_loss=null")
+    assert code == 0 and (tmp_path / "free" / "metrics.json").exists(), err
+
+
+def test_a_failed_run_carries_its_reason_in_mlflow(small_cfg, small_teacher, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sdakd.engine.loop import Diverged
+    from sdakd.tracking.run import tracked_run
+    from sdakd.tracking.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = store.experiment("reliability")
+    parent = store.parent(experiment, "grid", "diverge")
+    cfg = small_cfg("method=vanilla")
+    engine = Engine(METHODS.get("vanilla")(cfg, small_teacher), synthetic_batches(), device=torch.device("cpu"),
+                    lr_g=1e6, lr_d=1e-4, betas=(0.9, 0.99), metadata={"config_hash": config_hash(cfg)})
+    with pytest.raises(Diverged) as diverged, tracked_run(store.uri, experiment, parent, "cell", cfg, {}):
+        engine.run()
+    with pytest.raises(RuntimeError), tracked_run(store.uri, experiment, parent, "crash", cfg, {}):
+        raise RuntimeError("out of memory\nmore detail")
+    client = MlflowClient(store.uri)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")}
+    cell, crash = runs["cell"], runs["crash"]
+    assert cell.info.status == crash.info.status == "FAILED"
+    assert cell.data.tags["sdakd.failure"] == diverged.value.record["reason"]
+    assert cell.data.tags["sdakd.failure"].startswith("stage s1 diverged at global step")
+    saved = json.loads(Path(client.download_artifacts(cell.info.run_id, "failed.json", str(tmp_path))).read_text())
+    assert saved == diverged.value.record and saved["config_hash"] == config_hash(cfg)
+    assert crash.data.tags["sdakd.failure"] == "RuntimeError: out of memory"
+
+
+# ---------------------------------------------------------------- 6. no hang, no poisoned search folder
+
+
+@pytest.mark.parametrize("samples", ["0", "-3"])
+def test_fewer_than_one_sample_is_refused_before_ray(capsys, tmp_path, samples):
+    code, _, err = run_cli(capsys, "search", "smoke", "--samples", samples, "--set", f"run.out_dir={tmp_path / 's'}")
+    assert_one_error(code, err, f"--samples {samples}: a search needs at least 1 trial (--samples >= 1)")
+    assert not (tmp_path / "s").exists()
+
+
+def test_workers_beyond_a_local_ray_fail_before_starting(tmp_path):
+    """In its own process: the Ray that `train --workers` starts here (this machine's CPUs) can never grow."""
+    argv = [*TINY, *stages(2), "--set", f"run.out_dir={tmp_path / 'run'}", "--set", f"run.cache_dir={tmp_path}",
+            "--workers", "64"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "sdakd.cli", "train", *argv], capture_output=True, text=True,
+                          timeout=240, env=env, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("error: ") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "error: 64 workers x (1 CPU, 0 GPU) ask for 64 CPUs and 0 GPUs; this Ray has " in done.stderr
+    assert "(a local Ray, started for this command: it cannot grow); lower --workers" in done.stderr
+    assert "worker group" not in done.stdout + done.stderr and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- 8. `sdakd ui`: a taken port, a clean stop
+
+
+def test_ui_on_a_taken_port_is_one_error(capsys, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(capsys, "ui", "--port", port, "--tracking-uri", tmp_path / "mlflow.db")
+    assert_one_error(code, err, f"port {port} on 127.0.0.1 is taken (Address already in use)", "--port")
+    assert "MLflow UI" not in out  # no address printed for a server that is not ours
+
+
+def stop_with_descendants(process: subprocess.Popen) -> None:
+    """A failed test's clean-up: the process and everything it started."""
+    if process.poll() is None:
+        for child in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        process.wait()
+
+
+def test_sigterm_stops_ui_with_its_server_processes(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "sdakd.cli", "ui", "--port", str(port), "--tracking-uri",
+                           str(tmp_path / "mlflow.db")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up: the server and its HTTP worker process
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and ui.poll() is None, "the UI did not come up"
+                time.sleep(0.5)
+        server = psutil.Process(ui.pid).children(recursive=True)  # mlflow server and the uvicorn worker it starts
+        assert server
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(timeout=30) == 0
+        assert not [p.pid for p in server if p.is_running()], "server processes outlived `sdakd ui`"
+    finally:
+        stop_with_descendants(ui)
+
+
+def test_ctrl_c_ends_the_servers_whole_process_group(tmp_path):
+    """Ctrl-C (SIGINT) stops a server started by `run_process_group` (as `sdakd ui` starts mlflow), children too."""
+    pid_file = tmp_path / "grandchild.pid"
+    server = (f"import subprocess, time; p = subprocess.Popen(['sleep', '600']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(600)")
+    runner = f"import sys; from sdakd.tracking.store import run_process_group; " \
+             f"sys.exit(run_process_group([sys.executable, '-c', {server!r}]))"
+    ui = subprocess.Popen([sys.executable, "-c", runner])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and ui.poll() is None
+            time.sleep(0.1)
+        below = psutil.Process(ui.pid).children(recursive=True)
+        assert int(pid_file.read_text()) in [p.pid for p in below] and len(below) == 2
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=20) == 0
+        assert not [p.pid for p in below if p.is_running()]
+    finally:
+        stop_with_descendants(ui)
+
+
+# ---------------------------------------------------------------- 5 and 6 under Ray: searches, grids, worker groups
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.timeout(480)
+def test_a_search_over_a_failed_start_runs_and_its_diverged_trial_fails_it(capsys, trained, tmp_path, local_ray):
+    from mlflow.tracking import MlflowClient
+
+    out, tracking = tmp_path / "search", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # what a start that stopped before its first trial leaves (`--samples 0` did): Tune's files, no trial
+    (out / "tune").mkdir(parents=True)
+    (out / "tune" / "tuner.pkl").write_bytes(b"not a tuner")
+    (out / "tune" / "experiment_state-2026-11-29_17-43-02.json").write_text('{"trial_data": []}')
+    (out / "optuna.db").write_bytes(b"not a study")
+    argv = ["--set", f"run.out_dir={out}", "--set", f"run.cache_dir={trained / 'cache'}", "--tracking-uri", tracking]
+    code, _, err = run_cli(capsys, "search", "smoke", "--resume", *argv)
+    assert_one_error(code, err, f"nothing to resume: {out / 'tune'} holds no trial of a search")
+
+    code, out_text, err = run_cli(capsys, "search", "smoke", "--samples", "1", "--set", "optim.lr_d=1e6", *argv)
+    assert code == 1 and f"clearing {out / 'tune'}" in out_text, err
+    (trial,) = json.loads((out / "trials.json").read_text())
+    assert "diverged at global step" in trial["error"] and "above run.max_d_loss" in trial["error"]
+    assert "\n" not in trial["error"] and f"trial {trial['trial_id']} failed: {trial['error']}" in err
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("sdakd-searches").experiment_id])
+    (run,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # the trial's
+    assert run.info.status == "FAILED" and run.data.tags["sdakd.failure"] == trial["error"]
+    saved = json.loads(Path(client.download_artifacts(run.info.run_id, "failed.json", str(tmp_path))).read_text())
+    assert saved["reason"] == trial["error"] and "loss/d_total" in saved["terms"]
+
+
+@pytest.mark.timeout(480)
+def test_a_diverged_grid_cell_says_a_rerun_diverges_again(capsys, trained, tmp_path, local_ray, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    base = {"method": "vanilla", "data.batch_size": 2, "data.gt_size": 32, "run.eval_max_images": 2,
+            "run.latency_repeats": 1, "run.cache_dir": str(trained / "cache"), "stages.s1.iters": 2,
+            "stages.s2.iters": 2, "stages.s3.iters": 2}
+    (tmp_path / "ablations").mkdir()
+    (tmp_path / "ablations" / "hot.yaml").write_text(json.dumps(
+        {"base": {"preset": "tiny", "overrides": base}, "cells": {"hot": {"optim.lr_g": 1e6}}}))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = run_cli(capsys, "ablate", "hot", "--tracking-uri", tracking)
+    assert code == 1, err
+    assert "failed: hot-seed0: stage s1 diverged at global step" in out
+    assert "so it will diverge again unless the grid changes its config" in out and "failed.json" in out
+    client = MlflowClient(tracking)
+    (cell,) = client.search_runs([client.get_experiment_by_name("sdakd-ablations").experiment_id],
+                                 "tags.`sdakd.cell` = 'hot'")
+    assert cell.info.status == "FAILED" and cell.data.tags["sdakd.failure"].startswith("stage s1 diverged")
+
+
+@pytest.mark.timeout(300)  # before, it retried forever
+def test_a_worker_group_that_never_starts_stops_after_max_failures(capsys, trained, tmp_path, local_ray, monkeypatch):
+    from sdakd.ray_adapter.train import train_distributed
+
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "2")
+    cfg = load_config("tiny", overrides=[*TINY[3::2], f"run.cache_dir={trained / 'cache'}", "run.max_failures=1",
+                                         f"run.out_dir={tmp_path / 'run'}", f"run.storage_path={tmp_path / 'ray'}"])
+    started = time.monotonic()
+    with pytest.raises(SdakdError, match=r"Ray Train stopped this run: The worker group startup timed out after 2.0 "
+                       r"seconds waiting for 3 workers \(a worker group that does not start is retried "
+                       r"run.max_failures=1 times\)"):
+        train_distributed(cfg, workers=3)  # 3 CPUs on a Ray of 2: a cluster's autoscaler might add them
+    assert time.monotonic() - started < 120
+    assert "3 workers x (1 CPU, 0 GPU) ask for 3 CPUs and 0 GPUs; this Ray has 2 CPUs and 0 GPUs: waiting for " \
+           "the cluster to grow" in capsys.readouterr().out

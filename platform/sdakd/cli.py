@@ -1,6 +1,7 @@
 """`sdakd` command line: thin argument parsing over the pipeline and the adapters.
 
-Bad input prints one `error:` line set (no traceback) and exits 2.
+Bad input prints one `error:` line set (no traceback) and exits 2; a run that failed (diverged) prints one too and
+exits 1, as `search` and `ablate` do when a trial or cell failed.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(evaluate_checkpoint(args.checkpoint, args.overrides), indent=2))
 
 
-def cmd_search(args: argparse.Namespace) -> None:
+def cmd_search(args: argparse.Namespace) -> int:
     from sdakd.ray_adapter.search import run_named
     from sdakd.search.summary import print_summary
 
@@ -115,6 +116,10 @@ def cmd_search(args: argparse.Namespace) -> None:
         args.space, samples=args.samples, resume=args.resume, overrides=args.overrides, tracking_uri=args.tracking_uri
     )
     print_summary(summary)
+    errored = [t for t in summary.trials if t["error"]]
+    for trial in errored:
+        print(f"trial {trial['trial_id']} failed: {trial['error']}", file=sys.stderr)
+    return 1 if errored else 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -138,16 +143,17 @@ def cmd_report(args: argparse.Namespace) -> None:
     report(args.grid, uri=args.tracking_uri)
 
 
-def cmd_ui(args: argparse.Namespace) -> None:
-    from sdakd.tracking.store import SERVER_SCHEMES, check_reachable, resolve_uri, serve_ui
+def cmd_ui(args: argparse.Namespace) -> int | None:
+    from sdakd.tracking.store import SERVER_SCHEMES, check_port_free, check_reachable, resolve_uri, serve_ui
 
     uri = resolve_uri(args.tracking_uri)
     if uri.startswith(SERVER_SCHEMES):
         check_reachable(uri)
         print(f"{uri} is a tracking server with its own UI: open it in a browser")
         return
+    check_port_free(args.port)
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
-    serve_ui(uri, args.port)
+    return serve_ui(uri, args.port)
 
 
 def _seeds(text: str) -> list[int]:
@@ -251,11 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
 
     ui = sub.add_parser("ui", parents=[tracking], help="the MLflow UI on the tracking store, at 127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=5000, help="must be free; SIGTERM or Ctrl-C stop the server whole")
     ui.set_defaults(handler=cmd_ui)
 
     listing = sub.add_parser("list", help="presets, methods, search spaces and ablation grids")
     listing.set_defaults(handler=cmd_list)
+    from sdakd.ship.commands import add_ship_commands  # upscale, export, register
+
+    add_ship_commands(sub, tracking)
     return parser
 
 
@@ -268,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except SdakdError as err:
         print(f"error: {without_torch_advice(str(err))}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # 1: a run that failed (sdakd.engine.loop.Diverged)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

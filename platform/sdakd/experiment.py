@@ -94,6 +94,7 @@ def build_experiment(
         evaluate=(lambda: exp.validator.student(exp.engine.eval_generator())) if placement.writer else None,
         callbacks=callbacks,
         writer=placement.writer,
+        max_d_loss=cfg.run.max_d_loss,
         metadata={"config": cfg.to_dict(), "config_hash": config_hash(cfg)},
     )
     exp.timings["setup_s"] = time.perf_counter() - started

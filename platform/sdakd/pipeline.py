@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterable
 
 from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, ConsoleProgress
+from sdakd.engine.loop import Diverged
 from sdakd.experiment import Experiment, Placement, build_experiment
-from sdakd.run_folder import resume_point, save_results, write_run_files
+from sdakd.run_folder import resume_point, save_results, write_failure, write_run_files
 
 Start = Callable[[Experiment], None]  # puts the engine where the run starts
 Finish = Callable[[Experiment], dict[str, Any]]  # after training, on every rank: extra info for metrics.json
@@ -42,14 +43,18 @@ def run(
     save: bool = True,
 ) -> Experiment:
     """Train the stages left after `start`; the writing rank saves metrics.json and student.pt (`save`), which
-    `exp.metrics` then holds. The returned experiment keeps the trained nets for the caller (MLflow's logging)."""
+    `exp.metrics` then holds. The returned experiment keeps the trained nets for the caller (MLflow's logging).
+    A run that diverges raises `Diverged` on every rank, once the writing rank has saved failed.json."""
     exp = build_experiment(cfg, placement, callbacks)
     if placement.writer:
         write_run_files(exp, command)
     if start is not None:
         start(exp)
     started = time.perf_counter()
-    exp.engine.run()
+    try:
+        exp.engine.run()
+    except Diverged as err:  # a failure of the run, recorded in its folder; callers hear one message
+        raise Diverged(err.record, write_failure(exp, err.record) if placement.writer else None) from None
     exp.timings["train_s"] = time.perf_counter() - started
     info = finish(exp) if finish is not None else {}
     if save and placement.writer:

@@ -25,8 +25,12 @@ from sdakd.files import fingerprint
 ARCHITECTURE_FIELDS = ("method", "teacher", "student", "student_d", "data.scale", "methods")
 
 
+FAILED_FILE = "failed.json"  # a run that diverged: where, which terms, the last finite losses, the config hash
+
+
 def write_run_files(exp: Experiment, command: str | None = None) -> None:
     exp.out_dir.mkdir(parents=True, exist_ok=True)
+    (exp.out_dir / FAILED_FILE).unlink(missing_ok=True)  # an earlier attempt's failure is not this run's
     (exp.out_dir / "config.yaml").write_text(dump_yaml(exp.cfg))
     (exp.out_dir / "command.txt").write_text((command or shlex.join(sys.argv)) + "\n")
 
@@ -67,6 +71,13 @@ def save_results(exp: Experiment, **info: Any) -> dict[str, Any]:
     torch.save(exp.engine.eval_generator().state_dict(), exp.out_dir / "student.pt")
     (exp.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def write_failure(exp: Experiment, record: dict[str, Any]) -> Path:
+    """failed.json: why the run stopped (a divergence's record), beside its config.yaml and checkpoints."""
+    path = exp.out_dir / FAILED_FILE
+    path.write_text(json.dumps(record, indent=2))
+    return path
 
 
 def _saved_identity(saved: dict[str, Any]) -> dict[str, Any]:

@@ -168,7 +168,14 @@ class RunConfig(Frozen):
         None, description="Ray Train checkpoints and results (a folder all nodes share, or s3://...); "
         "None = env SDAKD_STORAGE_PATH, else <cwd>/ray_results",
     )
-    max_failures: int = Field(2, ge=-1, description="Ray Train restarts from the last checkpoint; -1 = unlimited")
+    max_failures: int = Field(
+        2, ge=-1, description="Ray Train restarts from the last checkpoint, and retries of a worker group that did "
+        "not start; -1 = unlimited",
+    )
+    max_d_loss: float | None = Field(
+        1e4, gt=0, description="a discriminator loss (a term or the weighted total) above this stops the run as "
+        "diverged, as a non-finite loss does; null = no bound. Never changes a run that finishes: not in the hash",
+    )
     tracking_uri: str | None = Field(
         None, description="MLflow store; None = env SDAKD_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
     )

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
+import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from sdakd.engine.checkpoint import load_checkpoint, save_checkpoint
 from sdakd.engine.interface import StagedMethod, StepOutputs
@@ -28,6 +30,20 @@ class Position:
 
     stage: int = 0
     step: int = 0
+
+
+class Diverged(SdakdError, FloatingPointError):
+    """A run whose losses went non-finite, or whose D loss passed its bound: a failure of the run, which the same
+    config repeats, not a crash. `record` is what failed.json holds; `file` is that file, once written."""
+
+    exit_code = 1  # the CLI's code for a run that failed (2: input refused before any compute)
+
+    def __init__(self, record: dict[str, Any], file: Path | None = None) -> None:
+        super().__init__(record["reason"] + (f" (details: {file})" if file else ""))
+        self.record, self.file = record, file
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Ray and Tune pickle it across processes
+        return type(self), (self.record, self.file)
 
 
 class Callbacks:
@@ -96,10 +112,9 @@ class Engine:
         callbacks: Iterable[Callbacks] = (),
         writer: bool = True,
         metadata: Mapping[str, Any] | None = None,
+        max_d_loss: float | None = None,
     ) -> None:
-        self.method = method
-        self.batches = batches
-        self.device = device
+        self.method, self.batches, self.device = method, batches, device
         self.stages: list[Stage] = method.stages()
         self.offsets = stage_offsets(self.stages)
         self.g_modules = method.modules_for(method.g_nets)
@@ -109,19 +124,16 @@ class Engine:
         self.opt_d = torch.optim.Adam(d_groups, lr=lr_d, betas=betas) if d_groups else None
         student = unwrap(method.nets["student_g"])
         self.ema = ModelEmaV3(student, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
+        # DDP nets: ranks that step together (a worker group), so they stop together; not rank 0's teacher pretrain
+        self.synced = isinstance(method.nets["student_g"], DistributedDataParallel)
         # bf16 autocast on CUDA only: CPU autocast is slower than fp32 on small convs.
-        self.autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-            if amp and device.type == "cuda"
-            else contextlib.nullcontext
-        )
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
-        self.log_every = log_every
-        self.evaluate = evaluate
-        self.callbacks = list(callbacks)
-        self.writer = writer
+        bf16 = amp and device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.checkpoint_dir, self.checkpoint_every, self.log_every = checkpoint_dir, checkpoint_every, log_every
+        self.evaluate, self.callbacks, self.writer = evaluate, list(callbacks), writer
         self.metadata = dict(metadata or {})  # saved in every checkpoint (e.g. the resolved config)
+        self.max_d_loss = max_d_loss  # a D loss above it stops the run as diverged; None: no bound
+        self.last_finite: tuple[int, dict[str, float]] = (0, {})  # the last step whose losses all passed, and them
         self.position = Position()
         # What each stage actually did: the terms it computed and how often each optimizer stepped.
         self.stats: dict[str, dict[str, Any]] = {
@@ -172,10 +184,10 @@ class Engine:
     def train_step(self, stage: Stage, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         step = self.method.step(batch)
-        logged: dict[str, float] = {}
+        g_losses, d_losses = dict[str, float](), dict[str, float]()
         if stage.trains_g:
             _set_trainable(self.d_modules, False)  # D gets no grads from the G's GAN term
-            logged |= self._descend(stage, "g", self.opt_g, self.method.generator_terms, step, stage.g_loss)
+            g_losses = self._descend(stage, "g", self.opt_g, self.method.generator_terms, step, stage.g_loss)
             _set_trainable(self.d_modules, True)
             if self.ema is not None:
                 self.ema.update(unwrap(self.method.nets["student_g"]), step=self.global_step())
@@ -183,11 +195,32 @@ class Engine:
             if not stage.trains_g:
                 with torch.no_grad(), self.autocast():
                     step.sr  # a D-only stage still needs the generator's output, without grads
-            logged |= self._descend(stage, "d", self.opt_d, self.method.discriminator_terms, step, stage.d_loss)
-        bad = [k for k, v in logged.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"stage {stage.name}: non-finite loss {bad} at global step {self.global_step()}")
-        return logged
+            d_losses = self._descend(stage, "d", self.opt_d, self.method.discriminator_terms, step, stage.d_loss)
+        self._stop_if_diverged(stage, g_losses | d_losses, d_losses)
+        return g_losses | d_losses
+
+    def _stop_if_diverged(self, stage: Stage, losses: dict[str, float], d_losses: dict[str, float]) -> None:
+        """Raise `Diverged` when a loss is not finite or a D loss passed `max_d_loss`: on every rank of a worker
+        group at the same step, so that no rank is left waiting in a collective for the others."""
+        bound = self.max_d_loss
+        bad = {k: v for k, v in losses.items()
+               if not math.isfinite(v) or (k in d_losses and bound is not None and abs(v) > bound)}
+        stop = torch.tensor([float(bool(bad))], device=self.device)
+        if self.synced:
+            dist.all_reduce(stop)  # one rank's verdict is every rank's
+        if not stop.item():
+            self.last_finite = (self.global_step() + 1, losses)
+            return
+        global_step, in_stage = self.global_step() + 1, self.position.step + 1  # counted as the logs count them
+        terms = {k: f"{v:.4g}" for k, v in bad.items()}  # as text: JSON has no nan
+        over = f" (above run.max_d_loss={bound:g})" if any(math.isfinite(v) for v in bad.values()) else ""
+        reason = (f"stage {stage.name} diverged at global step {global_step} (step {in_stage} of {stage.iters}): "
+                  f"{', '.join(f'{k}={v}' for k, v in terms.items()) or 'a loss on another worker'}{over}; the same "
+                  "config diverges again: lower optim.lr_g or optim.lr_d, or change the loss weights")
+        last_step, last = self.last_finite
+        raise Diverged({"reason": reason, "stage": stage.name, "global_step": global_step, "step_in_stage": in_stage,
+                        "terms": terms, "max_d_loss": bound, "last_finite_step": last_step or None,
+                        "last_finite_losses": last, "config_hash": self.metadata.get("config_hash")})
 
     def _descend(self, stage: Stage, side: str, optimizer: Any, terms_of: Callable, step: StepOutputs,
                  weights: Mapping[str, float]) -> dict[str, float]:

@@ -20,10 +20,11 @@ from sdakd.ablate.report import report
 from sdakd.config.load import with_overrides
 from sdakd.engine.checkpoint import LAST, linked_folder
 from sdakd.engine.device import resolve_device
+from sdakd.engine.loop import Diverged
 from sdakd.pipeline import train
-from sdakd.ray_adapter.cluster import connect, storage_root
+from sdakd.ray_adapter.cluster import connect, raised, storage_root
 from sdakd.teacher.cache import prepare_inputs
-from sdakd.tracking.run import tracked_run
+from sdakd.tracking.run import failure, tracked_run
 from sdakd.tracking.store import CELL_KEY, Store, git_tags, resolve_uri
 
 
@@ -36,7 +37,8 @@ def ablate(name: str, seeds: Sequence[int] | None = None, force: bool = False, u
     done = set() if force else store.finished_hashes(parent)
     todo = [c for c in cells if c.hash not in done]
     print(f"grid {grid.name}: {len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run")
-    failed, ok = [], False
+    failed: dict[str, BaseException] = {}
+    ok = False
     try:
         if todo:
             jobs = [placed(c, grid.name) for c in todo]
@@ -49,8 +51,13 @@ def ablate(name: str, seeds: Sequence[int] | None = None, force: bool = False, u
         store.close(parent, ok)
     report(grid.name, store=store)
     print(store.ui_hint(experiment_id, parent))
-    if failed:
-        print(f"failed: {', '.join(failed)} (their runs are marked FAILED; rerun `sdakd ablate {grid.name}`)")
+    for run_name, error in failed.items():
+        if isinstance(error, Diverged):  # the same config and seed diverge again: a rerun would only repeat it
+            print(f"failed: {run_name}: {error}; rerunning `sdakd ablate {grid.name}` repeats this cell's config and "
+                  "seed, so it will diverge again unless the grid changes its config")
+        else:
+            print(f"failed: {run_name}: {failure(error)[0]} (its run is marked FAILED; rerun `sdakd ablate "
+                  f"{grid.name}`)")
     return not failed
 
 
@@ -61,8 +68,11 @@ def placed(cell: Cell, grid: str) -> Cell:
     return Cell(cell.name, cell.kind, with_overrides(cell.cfg, run))
 
 
-def run_cells(cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, grid: str) -> list[str]:
-    """One Tune trial per cell, as many at once as the cluster has CPUs (one each); returns the failed runs."""
+def run_cells(
+    cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, grid: str
+) -> dict[str, BaseException]:
+    """One Tune trial per cell, as many at once as the cluster has CPUs (one each); returns the failed runs'
+    names and what each raised."""
     started = connect()  # a caller's Ray (a cluster, a test) is used and left running
     gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     jobs = {f"{i:03d}-{c.run_name}": c for i, c in enumerate(cells)}
@@ -85,7 +95,7 @@ def run_cells(cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, 
     finally:
         if started:
             ray.shutdown()  # flushes the workers' log lines now, before the report is printed
-    return [jobs[r.config["cell"]].run_name for r in results if r.error]
+    return {jobs[r.config["cell"]].run_name: raised(r.error) for r in results if r.error}
 
 
 def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Which Ray the CLI's commands run on (the cluster a Ray job or RAY_ADDRESS names, else a local one), and where
-Ray keeps results and checkpoints."""
+"""Which Ray the CLI's commands run on (the cluster a Ray job or RAY_ADDRESS names, else a local one), whether a
+worker group fits it, where Ray keeps results and checkpoints, and what a failed Ray task raised."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import ray
+from ray.exceptions import RayTaskError
 
 from sdakd.config.schema import ExperimentConfig
+from sdakd.errors import SdakdError
 
 STORAGE_ENV = "SDAKD_STORAGE_PATH"  # a cluster sets it on every node (cluster.yaml)
 
@@ -23,6 +25,29 @@ def connect(dashboard: bool = False) -> bool:
         return False
     ray.init(include_dashboard=dashboard, configure_logging=False)
     return True
+
+
+def check_fits(workers: int, cpus_per_worker: float, gpus_per_worker: float, local: bool, fix: str) -> None:
+    """A worker group must fit the Ray it asks: a local instance started for this command never grows, so a group
+    too big for it is refused (`fix` says how); a cluster may grow (an autoscaler), so there it is only said."""
+    asked = {"CPU": workers * cpus_per_worker, "GPU": workers * gpus_per_worker}
+    have = ray.cluster_resources()
+    if all(need <= have.get(kind, 0) for kind, need in asked.items()):
+        return
+    text = (f"{workers} workers x ({cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU) ask for {asked['CPU']:g} CPUs "
+            f"and {asked['GPU']:g} GPUs; this Ray has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+    if not local:
+        print(f"{text}: waiting for the cluster to grow (given up after run.max_failures retries)", flush=True)
+        return
+    raise SdakdError(f"{text} (a local Ray, started for this command: it cannot grow); {fix}, or run on a larger "
+                     "cluster (RAY_ADDRESS)")
+
+
+def raised(err: BaseException) -> BaseException:
+    """The exception a task or trial raised, under the RayTaskError Ray hands back instead."""
+    while isinstance(err, RayTaskError) and err.cause is not None:
+        err = err.cause
+    return err
 
 
 def storage_root(cfg: ExperimentConfig) -> str | None:

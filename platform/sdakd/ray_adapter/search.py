@@ -26,15 +26,19 @@ MLflow: a parent run per search in the experiment "sdakd-searches" and a child r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
+import pyarrow.fs
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -44,13 +48,14 @@ from sdakd.config.load import absolute_paths, dump_yaml, load_config, validate, 
 from sdakd.config.schema import ExperimentConfig
 from sdakd.engine.device import resolve_device
 from sdakd.errors import SdakdError
-from sdakd.ray_adapter.cluster import connect, storage_root
+from sdakd.ray_adapter.cluster import check_fits, connect, raised, storage_root
 from sdakd.ray_adapter.search_callbacks import Progress, TrialRunsCallback
 from sdakd.ray_adapter.trial import tune_trial
 from sdakd.search.space import Constraint, Space, Suggest, load_space
 from sdakd.search.summary import Summary, TrialRow, fail_orphans, search_folder, summarize
 from sdakd.search.trial import run_trial
 from sdakd.teacher.cache import prepare_inputs
+from sdakd.tracking.run import failure, record_failure
 from sdakd.tracking.search import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_results, log_samples
 from sdakd.tracking.store import Store, git_tags, resolve_uri
 
@@ -72,6 +77,8 @@ def run_named(
     overrides: Sequence[str] = (),
     tracking_uri: str | None = None,
 ) -> Summary:
+    if samples is not None and samples < 1:
+        raise SdakdError(f"--samples {samples}: a search needs at least 1 trial (--samples >= 1)")
     space, base = load_space(name, overrides)
     if samples is not None:
         if resume:
@@ -88,10 +95,16 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
     storage = storage_root(base)
     tune_storage, tune_name = (storage.rstrip("/"), folder.name) if storage else (str(folder), "tune")
     experiment = f"{tune_storage}/{tune_name}"
-    if resume and not tune.Tuner.can_restore(experiment):
-        raise SdakdError(f"nothing to resume: {experiment} holds no search (run it without --resume first)")
-    if not resume and tune.Tuner.can_restore(experiment):
+    trials = snapshot_trials(experiment)
+    if resume and not trials:
+        raise SdakdError(f"nothing to resume: {experiment} holds no trial of a search (run it without --resume)")
+    if not resume and trials:
         raise SdakdError(f"{experiment} already holds a search: add --resume, or set run.out_dir to a new folder")
+    if not resume and trials == 0:  # a start that stopped before its first trial: nothing there to keep
+        print(f"clearing {experiment} and its study: an earlier start stopped before its first trial", flush=True)
+        fs, path = pyarrow.fs.FileSystem.from_uri(experiment)
+        fs.delete_dir(path)
+        (folder / "optuna.db").unlink(missing_ok=True)
     nested = space.resources.workers > 1
     # Trials run in their own folders and processes: every path they read must be absolute.
     base = with_overrides(absolute_paths(base), {"run.out_dir": None})
@@ -105,7 +118,8 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_S)
     if nested:
         os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", NESTED_CLEANUP_S)
-    connect(dashboard=nested)
+    r, local = space.resources, connect(dashboard=nested)  # a trial's workers (1: the trial itself) must fit
+    check_fits(r.workers, r.cpu, r.gpu, local, "lower resources.workers, .cpu or .gpu in the search space")
     experiment_id = store.experiment(EXPERIMENT)
     parent = store.parent(experiment_id, ROLE, experiment, reuse=resume)
     search_run = SearchRun(store.uri, experiment_id, parent)
@@ -142,7 +156,7 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
                     name=tune_name,
                     storage_path=tune_storage,
                     verbose=0,
-                    callbacks=[Progress(space), TrialRunsCallback(runs)],
+                    callbacks=[Progress(space), TrialRunsWithReasons(runs)],
                 ),
             )
         summary = summarize(space, base, folder, [_row(result) for result in tuner.fit()])
@@ -153,6 +167,31 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
         store.close(parent, ok)
     print(store.ui_hint(experiment_id, parent))
     return summary
+
+
+def snapshot_trials(experiment: str) -> int | None:
+    """How many trials the latest snapshot of a Tune experiment lists; None when there is no experiment. A start
+    that stopped before its first trial leaves one with none (or no snapshot), which Tune cannot resume."""
+    if not tune.Tuner.can_restore(experiment):
+        return None
+    fs, path = pyarrow.fs.FileSystem.from_uri(experiment)
+    files = fs.get_file_info(pyarrow.fs.FileSelector(path))
+    snapshots = sorted(f.path for f in files if fnmatch(f.base_name, "experiment_state-*.json"))  # named by time
+    if not snapshots:
+        return 0
+    with fs.open_input_stream(snapshots[-1]) as stream:
+        return len(json.loads(stream.read())["trial_data"])
+
+
+class TrialRunsWithReasons(TrialRunsCallback):
+    """Trial events to MLflow, and an errored trial's reason on its run (tag, failed.json) as a cell's has it."""
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        super().on_trial_error(iteration, trials, trial, **info)
+        if trial.pickled_error_file:  # Tune's local copy of what the trial raised (storage gets it later)
+            with open(trial.pickled_error_file, "rb") as file:
+                tracker = self.runs.run(trial)
+                record_failure(tracker.client, tracker.run_id, raised(pickle.load(file)))
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -257,5 +296,5 @@ def _report(metrics: dict[str, Any], state_file: Path | None) -> None:
 
 def _row(result: tune.Result) -> TrialRow:
     metrics = result.metrics or {}
-    error = str(result.error) if result.error else None
+    error = failure(raised(result.error))[0] if result.error else None  # one line; Tune keeps the traceback
     return TrialRow(metrics.get("trial_id", Path(result.path).name), result.config, metrics, error)

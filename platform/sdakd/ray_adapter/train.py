@@ -5,6 +5,10 @@ trainable nets in DDP. Data needs no Ray Data: StepBatches hands rank r its slic
 of batch B see exactly the pixels one worker of batch N*B sees, prepared in-process with no extra hop. Rank 0
 writes the checkpoints, which Ray keeps in `run.storage_path` and hands back to a worker group restarted after a
 failure, and the run's files (config.yaml, student.pt, metrics.json) in the run folder, as the local path does.
+
+A group too big for a local Ray fails before it starts; one that does not start is retried `run.max_failures`
+times; a divergence stops every rank at once and is raised on the driver, never retried (it would recur); Ctrl-C
+stops the run at once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime
 import hashlib
 import shlex
 import sys
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,10 +33,11 @@ from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, ConsoleProgress, Position, Stage, unwrap
 from sdakd.engine.checkpoint import linked_folder
 from sdakd.engine.ddp import wrap_trainable
+from sdakd.engine.loop import Diverged
 from sdakd.errors import SdakdError
 from sdakd.experiment import Experiment, Placement, out_dir_for
 from sdakd.pipeline import resume_from, run
-from sdakd.ray_adapter.cluster import storage_root
+from sdakd.ray_adapter.cluster import check_fits, connect, storage_root
 from sdakd.ray_adapter.faults import FailOnce, fault_from_env
 from sdakd.run_folder import resume_point
 from sdakd.teacher.cache import prepare_inputs
@@ -185,7 +191,14 @@ def train_distributed(
     # A fresh Ray run name each time: Ray resumes a run whose name it finds in storage, and a new `sdakd train`
     # starts over, as locally (`resume` is the way to continue).
     name = f"{cfg.run.out_dir.name}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
-    return make_trainer(train_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker).fit()
+    started = connect(dashboard=True)  # as Ray Train's own start would (the State API frees killed workers)
+    try:
+        fix = "lower --workers, --cpus-per-worker or --gpus-per-worker"
+        check_fits(workers, cpus_per_worker, gpus_per_worker, local=started, fix=fix)
+        return make_trainer(train_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker).fit()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def make_trainer(
@@ -197,12 +210,13 @@ def make_trainer(
     cpus_per_worker: float,
     gpus_per_worker: float,
     callbacks: Sequence[Any] = (),
-) -> TorchTrainer:
+) -> Trainer:
     """`loop` on `workers` workers, the run `name` kept in `cfg.run.storage_path` and restarted from its last
-    checkpoint up to `run.max_failures` times."""
+    checkpoint up to `run.max_failures` times (a worker group that does not start: as many retries)."""
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
-    return TorchTrainer(
-        loop,
+    failures = cfg.run.max_failures
+    return Trainer(TorchTrainer(
+        partial(stops_on_divergence, loop),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
@@ -210,7 +224,57 @@ def make_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=cfg.run.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=failures, controller_failure_limit=failures),
             callbacks=list(callbacks),
         ),
-    )
+    ), failures)
+
+
+DIVERGED = "sdakd.diverged"  # what a worker returns instead of its metrics when the run diverged
+
+
+def stops_on_divergence(loop: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
+    """`loop`, returning a divergence instead of raising it: every rank stops at the same step (the engine sees
+    to it), and Ray Train restarts a group that raises, which would only diverge again."""
+    try:
+        return loop(config)
+    except Diverged as err:
+        return {DIVERGED: (err.record, err.file)}
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A TorchTrainer whose `fit` raises a divergence as `Diverged` and a worker group that never started as one
+    error, and stops at once on Ctrl-C (Ray Train's own handler waits on its controller and ignores a second
+    Ctrl-C): the Ray this driver joined is shut down, which ends the controller and workers it owns."""
+
+    trainer: TorchTrainer
+    max_failures: int
+
+    def fit(self) -> ray.train.Result:
+        outcome: dict[str, Any] = {}
+        fitting = threading.Thread(target=self._fit, args=(outcome,), name="ray-train-fit", daemon=True)
+        fitting.start()  # not in this thread: Ray Train installs its Ctrl-C handler only in the main thread
+        try:
+            while fitting.is_alive():
+                fitting.join(0.2)
+        except KeyboardInterrupt:
+            print("interrupted: stopping the Ray Train run", file=sys.stderr, flush=True)
+            ray.shutdown()
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
+        if isinstance(result.return_value, dict) and DIVERGED in result.return_value:
+            raise Diverged(*result.return_value[DIVERGED])
+        return result
+
+    def _fit(self, outcome: dict[str, Any]) -> None:
+        try:
+            outcome["result"] = self.trainer.fit()
+        except ray.train.ControllerError as err:
+            cause = str(err.controller_failure).split(". ")[0]  # Ray's first sentence; its guesses follow
+            outcome["error"] = SdakdError(f"Ray Train stopped this run: {cause} (a worker group that does not start "
+                                          f"is retried run.max_failures={self.max_failures} times)")
+        except BaseException as err:  # raised by `fit`, in the caller's thread
+            outcome["error"] = err

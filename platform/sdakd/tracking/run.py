@@ -10,6 +10,7 @@ Executors wrap the run routine like this (the engine never sees MLflow):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from typing import Any, Iterator, Mapping
@@ -21,7 +22,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sdakd.config.identity import config_hash
 from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, Stage
+from sdakd.engine.loop import Diverged
 from sdakd.tracking import plots
+from sdakd.tracking.model import log_student_model
 from sdakd.tracking.store import CONFIG_HASH, SEED
 
 # Older tracking servers refuse longer param values; the full config is logged as config.yaml anyway.
@@ -124,6 +127,7 @@ class TrackedRun(Callbacks):
             pictures.append(plots.loss_curves(self.curves, self.stage_ends, folder / "loss_curves.png"))
         for path in pictures:
             self.client.log_artifact(self.run_id, str(path), "plots")
+        log_student_model(self.client, self.run_id, exp)  # the student as an MLflow pyfunc model (model.py)
 
     def device_seconds(self) -> float:
         return (time.perf_counter() - self.started) * self.devices
@@ -158,10 +162,28 @@ def start_child_run(
     return tracker
 
 
+FAILURE_TAG = "sdakd.failure"  # why a run failed, in one line; its failed.json artifact holds the details
+
+
+def failure(err: BaseException) -> tuple[str, dict[str, Any] | None]:
+    """Why a run failed, in one line, and a divergence's record (None for any other error)."""
+    if isinstance(err, Diverged):
+        return err.record["reason"], err.record
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first}".rstrip(": "), None
+
+
+def record_failure(client: MlflowClient, run_id: str, err: BaseException) -> None:
+    """The reason on the failed run: the tag, and failed.json (a divergence's record, else the reason alone)."""
+    reason, record = failure(err)
+    client.set_tag(run_id, FAILURE_TAG, reason[:5000])  # below every store's tag limit
+    client.log_text(run_id, json.dumps(record or {"reason": reason}, indent=2), "failed.json")
+
+
 @contextlib.contextmanager
 def tracked_run(uri: str, *child: Any, **options: Any) -> Iterator[TrackedRun]:
     """The child run `start_child_run(client of uri, *child, **options)` makes; FINISHED, or FAILED/KILLED when
-    the body raises.
+    the body raises (FAILED with the reason: `record_failure`).
 
     MlflowClient, not the fluent API: Ray reuses worker processes, and a leftover active run would leak into the
     next trial.
@@ -173,6 +195,12 @@ def tracked_run(uri: str, *child: Any, **options: Any) -> Iterator[TrackedRun]:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except Exception as err:
+        try:
+            record_failure(tracker.client, tracker.run_id, err)
+        except Exception as unlogged:  # the run's own error is the one to raise
+            print(f"the failure of run {tracker.run_id} was not logged: {unlogged}", flush=True)
         raise
     finally:
         tracker.log_metrics({"device_seconds": tracker.device_seconds()})

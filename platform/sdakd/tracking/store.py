@@ -6,9 +6,13 @@ CLI `--tracking-uri` > env SDAKD_TRACKING_URI > the config's `run.tracking_uri` 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,12 +69,60 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
-def serve_ui(uri: str, port: int) -> None:
-    """Become the MLflow UI on 127.0.0.1:port for a local store (exec: stopping this process stops the server)."""
+def check_port_free(port: int) -> None:
+    """Refuse a port something already listens on, before the UI prints its address (a browser would find that
+    other server there)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no owner
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise SdakdError(f"port {port} on 127.0.0.1 is taken ({err.strerror}): stop what listens there, or pick "
+                             "another with --port") from None
+
+
+def serve_ui(uri: str, port: int) -> int:
+    """The MLflow UI on 127.0.0.1:port for a local store, until it exits or this process gets SIGTERM or SIGINT,
+    which end the server's whole process group (it runs its HTTP workers as children); returns its exit code."""
     # The server's job runner (GenAI judges, several worker processes) has nothing to do for training runs.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     server = ["mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    os.execv(sys.executable, [sys.executable, "-m", *server, "--workers", "1"])
+    return run_process_group([sys.executable, "-m", *server, "--workers", "1"])
+
+
+def run_process_group(argv: list[str], grace_s: float = 10.0) -> int:
+    """Run `argv` as the leader of its own process group; SIGTERM or SIGINT here ends the whole group (SIGKILL
+    for what is left after `grace_s`). Returns its exit code, 0 when stopped by such a signal."""
+    child = subprocess.Popen(argv, start_new_session=True)
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+        _end_group(child.pid, grace_s)  # children that outlived their leader
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 0 if stopped else code
+
+
+def _end_group(group: int, grace_s: float) -> None:
+    """SIGTERM to what is left of a process group, SIGKILL after `grace_s`; returns once it is gone (or 2 s after
+    the SIGKILL: a zombie nobody reaps never goes)."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        deadline = time.monotonic() + wait_s
+        try:
+            os.killpg(group, sig)
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+                os.killpg(group, 0)
+        except ProcessLookupError:
+            return
 
 
 def git_tags() -> dict[str, str]:

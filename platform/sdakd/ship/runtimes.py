@@ -1,0 +1,122 @@
+"""What runs a shipped network: PyTorch eager, onnxruntime on an .onnx file, or a saved torch.export program.
+
+Every runtime maps a float32 NCHW RGB batch in [0, 1] (on the CPU) to the same at `scale` times the size; its
+output is not clamped (Real-ESRGAN's convention: clamp when writing pixels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from sdakd.errors import SdakdError
+from sdakd.ship.networks import network, scale_of, side_multiple
+
+DEPLOY_EXTRA = 'pip install "sdakd[deploy]"'
+INPUT, OUTPUT = "input", "output"  # the exported models' tensor names
+META_FILE = "sdakd.json"  # an exported program's extra file: {"scale": .., "multiple": .., ...}; ONNX: sdakd.<key>
+FOREIGN_MULTIPLE = 4  # an .onnx without our metadata: sides padded to a multiple that every Real-ESRGAN net takes
+EXPORTED_SUFFIXES = (".onnx", ".pt2")
+
+
+def optional(module: str) -> ModuleType:
+    """An optional package of the `deploy` extra, or one line saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SdakdError(f"{module} is not installed: it comes with the deploy extra ({DEPLOY_EXTRA})") from None
+
+
+@dataclass
+class Upscaler:
+    """A network ready to apply: `forward` maps (N, 3, h, w) to (N, 3, scale*h, scale*w), CPU tensors in and out;
+    h and w must be multiples of `multiple`."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    scale: int
+    multiple: int
+    name: str
+
+
+def torch_upscaler(net: nn.Module, device: torch.device, bf16: bool = False, name: str = "") -> Upscaler:
+    net = net.to(device).eval()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast("cuda", torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            return net(x.to(device)).float().cpu()
+
+    return Upscaler(forward, scale_of(net), side_multiple(net), name or type(net).__name__)
+
+
+def onnx_upscaler(path: Path, device: torch.device, threads: int | None = None) -> Upscaler:
+    ort = optional("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    # Idle pool threads sleep instead of spinning: spinning ones hold cores that the rest of the process (PyTorch
+    # next to it, the next tile's reading) needs; a conv-heavy graph loses nothing measurable by it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+    if providers[0] not in ort.get_available_providers():
+        raise SdakdError(f"{path}: onnxruntime here has no {providers[0]} (has {ort.get_available_providers()})")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for any bad file
+        raise SdakdError(f"{path}: onnxruntime cannot load it ({' '.join(str(err).split())[:300]})") from None
+    names = session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([names[1]], {names[0]: x.float().numpy()})[0])
+
+    meta = {k.removeprefix("sdakd."): v for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    return _with_meta(forward, meta, f"onnxruntime {path.name}")
+
+
+def program_upscaler(path: Path, device: torch.device) -> Upscaler:
+    extra = {META_FILE: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise SdakdError(f"{path}: not a saved torch.export program ({' '.join(str(err).split())[:300]})") from None
+    module = program.module().to(device)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x.to(device)).float().cpu()
+
+    return _with_meta(forward, json.loads(extra[META_FILE] or "{}"), f"exported program {path.name}")
+
+
+def _with_meta(forward: Callable[[torch.Tensor], torch.Tensor], meta: Mapping[str, Any], name: str) -> Upscaler:
+    """An exported model's scale and side multiple from its metadata, else the scale measured on a small input."""
+    multiple = int(meta.get("multiple", FOREIGN_MULTIPLE))
+    scale = int(meta["scale"]) if "scale" in meta else forward(torch.zeros(1, 3, 16, 16)).shape[-1] // 16
+    return Upscaler(forward, scale, multiple, name)
+
+
+def load_upscaler(
+    path: Path, device: torch.device, bf16: bool = False, arch: str | None = None, params: Mapping[str, Any] = ()
+) -> Upscaler:
+    """The runtime for `path`: .onnx -> onnxruntime, .pt2 -> torch.export program, else a PyTorch network."""
+    path = Path(path)
+    exported = path.suffix in EXPORTED_SUFFIXES
+    if bf16 and (device.type != "cuda" or exported):
+        raise SdakdError(f"--bf16 applies to PyTorch networks on a CUDA device (got {device.type}, {path.name})")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SdakdError(f"--device {device}: torch sees no CUDA device here; use --device cpu (or auto)")
+    if exported and not path.is_file():
+        raise SdakdError(f"{path} does not exist")
+    if path.suffix == ".onnx":
+        return onnx_upscaler(path, device)
+    if path.suffix == ".pt2":
+        return program_upscaler(path, device)
+    return torch_upscaler(network(path, arch, params), device, bf16, name=path.name)
