@@ -61,6 +61,7 @@ def image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 NETS = {  # receptive radius in input pixels: srvgg 5 (5 convs); RRDBNet x2 about 2 x 19 (it runs at half size)
     "srvgg_x4": (lambda: SRVGGNetCompact(num_feat=8, num_conv=3, upscale=4), 12, (61, 47), (24, 30, 40)),
+    "srvgg_x4_300x200": (lambda: SRVGGNetCompact(num_feat=8, num_conv=3, upscale=4), 12, (200, 300), (64, 128)),
     "rrdbnet_x2": (lambda: RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4), 80, (170, 162), (160, 168)),
 }
 
