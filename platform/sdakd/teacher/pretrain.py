@@ -52,8 +52,9 @@ def pretrain_teacher(
     else:
         log.info("training the teacher D against the frozen teacher G (%d D steps)", p.d_iters)
     torch.manual_seed(cfg.seed)
+    generator = g if g is not None else sr_generator(cfg)  # G's init drawn before D's, as the cached teachers were
     d = discriminator(cfg, 1.0)
-    method = PretrainTeacher(cfg, g if g is not None else sr_generator(cfg), d, train_g=g is None).to(device)
+    method = PretrainTeacher(cfg, generator, d, train_g=g is None).to(device)
     batches = train_batches(cfg, data, p.batch_size)
     engine = Engine(
         method,
