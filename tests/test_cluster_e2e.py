@@ -124,11 +124,17 @@ def cluster(tmp_path):
 
 
 def submit(env: dict, dashboard: str, cwd: Path, *command: str) -> str:
-    done = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", *command],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=900,
-    )
-    output = done.stdout + done.stderr
+    deadline = time.monotonic() + 120
+    while True:
+        done = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", *command],
+            env=env, cwd=cwd, capture_output=True, text=True, timeout=900,
+        )
+        output = done.stdout + done.stderr
+        # a head just started may not have its job agent yet (Ray: "please try again later"); nothing was submitted
+        if "No available agent to submit job" not in output or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     assert done.returncode == 0 and "succeeded" in output, output[-6000:]
     return output
 

@@ -210,11 +210,14 @@ def make_trainer(
     cpus_per_worker: float,
     gpus_per_worker: float,
     callbacks: Sequence[Any] = (),
+    startup_retries: int | None = None,
 ) -> Trainer:
     """`loop` on `workers` workers, the run `name` kept in `cfg.run.storage_path` and restarted from its last
-    checkpoint up to `run.max_failures` times (a worker group that does not start: as many retries)."""
+    checkpoint up to `run.max_failures` times; a worker group that does not start is retried `startup_retries`
+    times (default: as often; -1: until it starts)."""
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
     failures = cfg.run.max_failures
+    startups = failures if startup_retries is None else startup_retries
     return Trainer(TorchTrainer(
         partial(stops_on_divergence, loop),
         train_loop_config=loop_config,
@@ -224,7 +227,7 @@ def make_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=cfg.run.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=failures, controller_failure_limit=failures),
+            failure_config=ray.train.FailureConfig(max_failures=failures, controller_failure_limit=startups),
             callbacks=list(callbacks),
         ),
     ), failures)

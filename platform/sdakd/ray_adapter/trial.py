@@ -58,4 +58,7 @@ def tune_trial(
         "config": cfg.to_dict(), "prefix_cache": prefix_cache, "on_final": on_final, "command": f"sdakd search  # {name}"
     }
     callbacks = [TuneReportCallback()]
-    make_trainer(trial_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker, callbacks).fit()
+    # A trial's workers may wait for the placement groups of trials Tune has just stopped (freed through the State
+    # API, slowly on a loaded machine); the search checked before starting that one trial fits the cluster.
+    make_trainer(trial_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker, callbacks,
+                 startup_retries=-1).fit()
