@@ -46,11 +46,12 @@ def pretrain_key(cfg: ExperimentConfig, data: Dataset, g_weights: str | None = N
     )
 
 
-def weights_file(cfg: ExperimentConfig) -> tuple[Path, str]:
-    """The configured generator weights (a named teacher converted into the cache first), and what to call them."""
+def weights_file(cfg: ExperimentConfig) -> tuple[Path, str, str | None]:
+    """The configured generator weights (a named teacher converted into the cache first), what to call them, and
+    their sha256 where the name already needed it (None for a plain path)."""
     weights = cfg.teacher.weights
     if not isinstance(weights, str):
-        return Path(weights), str(weights)
+        return Path(weights), str(weights), None
     fields = NAMED[weights].config_fields()
     differ = {k: v for k, v in fields.items() if getattr(cfg.teacher, k) != v}
     if differ:
@@ -59,7 +60,8 @@ def weights_file(cfg: ExperimentConfig) -> tuple[Path, str]:
             + ", ".join(f"teacher.{k}={getattr(cfg.teacher, k)!r}" for k in differ)
         )
     path = convert_named(weights, cfg.run.cache_dir)
-    return path, f"{weights} (sha256 {sha256_of(path)[:12]})"
+    digest = sha256_of(path)
+    return path, f"{weights} (sha256 {digest[:12]})", digest
 
 
 def cached_state(path: Path, train: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
@@ -87,15 +89,16 @@ def build_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) ->
         d.load_state_dict(state["d"])
         return Teacher(g, d, identity=f"pretrain-{key}", source="pretrained-here").to(device)
 
-    path, identity = weights_file(cfg)
+    path, identity, digest = weights_file(cfg)
     load_weights(g, path)
     if cfg.teacher.d_weights is not None:
         load_weights(d, cfg.teacher.d_weights)
         return Teacher(g, d, identity=identity, source="weights").to(device)
     # No released D (Real-ESRGAN ships none for most models): Real-ESRGAN's recipe, GT real vs the frozen G fake.
-    key = pretrain_key(cfg, data, g_weights=sha256_of(path))
+    key = pretrain_key(cfg, data, g_weights=digest or sha256_of(path))  # a 67 MB file is hashed once, not twice
     where = cache / f"d-{key}.pt"
-    log.info("teacher.d_weights is not set: the teacher D is one trained here against the frozen teacher (cache %s)", where)
+    log.info("teacher.d_weights is not set: the teacher D is one trained here against the frozen teacher (cache %s)",
+             where)
     state = cached_state(where, lambda: pretrain_teacher(cfg, data, device, where, g=g), f"teacher D {key}")
     d.load_state_dict(state["d"])
     return Teacher(g, d, identity=identity, source="weights", d_source="trained-here-against-teacher").to(device)
