@@ -12,26 +12,21 @@ from torch import nn
 
 from sdakd.config.load import load_config
 from sdakd.errors import SdakdError
-from sdakd.evaluate.checkpoint import _run_folder, _student_state
+from sdakd.evaluate.checkpoint import run_folder_of, trained_student
 from sdakd.models.factory import build_generator
-from sdakd.models.from_config import student_generator
 from sdakd.models.weights import check_fits, read_state
 from sdakd.ship import ARCHS
 
 
 def student_network(path: Path, config: Path | None = None) -> nn.Module:
     """The student a run trained, rebuilt from its config.yaml (or `config`) and weights, in eval mode."""
-    cfg = load_config(path=config or _run_folder(path) / "config.yaml")
+    cfg = load_config(path=config or run_folder_of(path) / "config.yaml")
     if cfg.teacher.arch not in ARCHS:
         raise SdakdError(
             f"{path}: a {cfg.teacher.arch} student (teacher.arch) is a fixed-size, conditioned generator; "
             f"upscale, export and the MLflow model take {' or '.join(ARCHS)} networks"
         )
-    net = student_generator(cfg)
-    state = _student_state(path)
-    check_fits(net, state, path)
-    net.load_state_dict(state)
-    return net.eval()
+    return trained_student(cfg, path).eval()
 
 
 def _blocks(state: Mapping[str, torch.Tensor], pattern: str) -> list[int]:
