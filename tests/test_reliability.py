@@ -499,3 +499,193 @@ def test_a_worker_group_that_never_starts_stops_after_max_failures(capsys, train
     assert time.monotonic() - started < 120
     assert "3 workers x (1 CPU, 0 GPU) ask for 3 CPUs and 0 GPUs; this Ray has 2 CPUs and 0 GPUs: waiting for " \
            "the cluster to grow" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 3. a grid or space file is itself; 7. no duplicates
+
+CELL_BASE = {"method": "vanilla", "data.batch_size": 2, "data.gt_size": 32, "run.eval_max_images": 2,
+             "run.latency_repeats": 1, "stages.s1.iters": 2, "stages.s2.iters": 2, "stages.s3.iters": 2}
+
+
+def grid_file(path: Path, cache: Path, cells: dict, seeds: tuple[int, ...] = (0,)) -> Path:
+    """A tiny vanilla grid (no teacher) at `path`, reading the dataset cached in `cache`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = {"preset": "tiny", "overrides": CELL_BASE | {"run.cache_dir": str(cache)}}
+    path.write_text(json.dumps({"base": base, "seeds": list(seeds), "cells": cells}))
+    return path
+
+
+def child_runs(client, parent: str) -> dict[str, list]:
+    """run name -> the parent's child runs of that name."""
+    runs: dict[str, list] = {}
+    experiment = client.get_run(parent).info.experiment_id
+    for run in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'"):
+        runs.setdefault(run.info.run_name, []).append(run)
+    return runs
+
+
+def test_grid_and_space_files_are_named_by_where_they_are(tmp_path, monkeypatch):
+    import shutil
+
+    from sdakd.ablate.grid import load_grid
+    from sdakd.config.project import REPO_ROOT
+    from sdakd.search.summary import load_named_space, search_folder
+
+    monkeypatch.chdir(tmp_path)
+    builtin = REPO_ROOT / "ablations" / "smoke.yaml"
+    for copy in ("custom/smoke.yaml", "ablations/smoke.yaml", "ablations/mine.yaml", "mygrid.yaml"):
+        (tmp_path / copy).parent.mkdir(exist_ok=True)
+        shutil.copy(builtin, tmp_path / copy)
+    assert load_grid(str(builtin))[0].name == "smoke"  # the built-in, by path, keeps its name
+    assert load_grid("mine")[0].name == "mine"  # the working directory's named grid of a name no built-in has
+    custom = {load_grid(spelling)[0].name for spelling in
+              ("custom/smoke.yaml", "./custom/smoke.yaml", str(tmp_path / "custom" / "smoke.yaml"))}
+    shadow = load_grid("smoke")[0].name  # ablations/smoke.yaml here shadows the built-in: it is not the built-in
+    mine = load_grid("./mygrid.yaml")[0].name
+    assert len(custom) == 1 and len({*custom, shadow, "smoke"}) == 3
+    for name, stem in ((*custom, "smoke"), (shadow, "smoke"), (mine, "mygrid")):
+        assert name.startswith(f"{stem}-") and len(name) == len(stem) + 9 and int(name[-8:], 16) >= 0
+
+    shutil.copy(REPO_ROOT / "search_spaces" / "smoke.yaml", tmp_path / "custom" / "space.yaml")
+    shutil.copy(REPO_ROOT / "search_spaces" / "smoke.yaml", tmp_path / "smoke.yaml")
+    named, own = load_named_space("smoke"), load_named_space("smoke.yaml")
+    assert named[0].name == "smoke" and search_folder(*named) == tmp_path / "runs" / "search-smoke"
+    assert own[0].name.startswith("smoke-") and search_folder(*own) == tmp_path / "runs" / f"search-{own[0].name}"
+    assert load_named_space("custom/space.yaml")[0].name.startswith("space-")
+
+    (tmp_path / "custom" / "named.yaml").write_text(builtin.read_text() + "name: smoke\n")
+    with pytest.raises(SdakdError, match=r"ablation grid custom/named.yaml: name: 'smoke' cannot be set; a "
+                       r"ablation grid is named by its file \(named\)"):
+        load_grid("custom/named.yaml")
+
+
+def test_a_seed_listed_twice_is_one_error(capsys, tmp_path, monkeypatch):
+    from sdakd.config.project import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "ablate", "smoke", "--seeds", "0,0")
+    assert_one_error(code, err, "--seeds 0,0: seed 0 is listed more than once; list each seed once")
+    grid = read_yaml(REPO_ROOT / "ablations" / "smoke.yaml") | {"seeds": [1, 2, 1]}
+    (tmp_path / "twice.yaml").write_text(json.dumps(grid))
+    code, _, err = run_cli(capsys, "ablate", "twice.yaml")
+    assert_one_error(code, err, "ablation grid twice.yaml: seeds: seed 1 is listed more than once")
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "twice.yaml"]  # no store, no run folder
+
+
+@pytest.mark.timeout(180)
+def test_a_second_driver_waits_for_a_locked_cell_and_fails_only_abandoned_runs(capsys, tmp_path, monkeypatch):
+    """The test holds the locks a first driver would: `ablate` waits, then skips the cell that driver finished; a
+    RUNNING run whose lock nobody holds is failed with its reason, one whose lock is held is left alone."""
+    import threading
+
+    from sdakd.ablate.grid import EXPERIMENT, load_grid
+    from sdakd.ray_adapter.ablate import ablate
+    from sdakd.tracking.cell_locks import CellLocks, lock_folder
+    from sdakd.tracking.run import start_child_run
+    from sdakd.tracking.store import CONFIG_HASH, Store
+
+    monkeypatch.chdir(tmp_path)
+    path = grid_file(tmp_path / "grid.yaml", tmp_path / "cache", {"only": {}}, seeds=(9,))
+    grid, (cell,) = load_grid(str(path))
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = store.experiment(EXPERIMENT)
+    parent = store.parent(experiment, "grid", grid.name)
+    first_driver = CellLocks(lock_folder(store.uri))
+    runs = {}
+    for name, key in ((cell.run_name, cell.hash), ("alive", "feedface0001"), ("abandoned", "feedface0002")):
+        runs[name] = start_child_run(store.client, experiment, parent, name, cell.cfg, {CONFIG_HASH: key}).run_id
+    assert first_driver.take(cell.hash, block=False) and first_driver.take("feedface0001", block=False)
+
+    done = {}
+    second = threading.Thread(target=lambda: done.update(ok=ablate(str(path), uri=store.uri)))
+    second.start()
+    out, deadline = "", time.monotonic() + 60
+    while "another driver is training this cell" not in out:
+        assert time.monotonic() < deadline and second.is_alive(), out
+        time.sleep(0.2)
+        out += capsys.readouterr().out
+    assert store.client.get_run(runs[cell.run_name]).info.status == "RUNNING"  # its driver lives: left alone
+    store.client.set_terminated(runs[cell.run_name], "FINISHED")  # the first driver finishes the cell
+    first_driver.release(cell.hash)
+    second.join(timeout=120)
+    out += capsys.readouterr().out
+    assert done == {"ok": True}, out
+    assert f"grid {grid.name} ({path}): 1 runs, 1 already finished, 0 to run" in out
+    found = child_runs(store.client, parent)
+    assert [r.info.status for r in found[cell.run_name]] == ["FINISHED"]  # waited, then skipped: no duplicate
+    assert found["alive"][0].info.status == "RUNNING"
+    (abandoned,) = found["abandoned"]
+    reason = abandoned.data.tags["sdakd.failure"]
+    assert abandoned.info.status == "FAILED" and reason.startswith("its driver is gone: the run was RUNNING while no "
+                                                                   "process held its cell lock")
+    assert str(lock_folder(store.uri) / "feedface0002.lock") in reason and f"abandoned: {reason}" in out
+    first_driver.release_all()
+    store.client.set_terminated(runs["alive"])  # its system-metrics sampler stops with it
+
+
+@pytest.mark.timeout(480)
+def test_a_grid_file_runs_reports_and_dedupes_as_itself(capsys, trained, tmp_path, local_ray, monkeypatch):
+    """custom/smoke.yaml, passed by path: not the built-in smoke (whose parent already has this config finished),
+    its own parent (where power loss left the cell RUNNING), its own report; the abandoned run is failed and the
+    cell trained once."""
+    from mlflow.tracking import MlflowClient
+
+    from sdakd.ablate.grid import EXPERIMENT, load_grid
+    from sdakd.tracking.run import start_child_run
+    from sdakd.tracking.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    grid_file(tmp_path / "custom" / "smoke.yaml", trained / "cache", {"custom_cell": {"optim.lr_g": 1e-3}})
+    grid, (cell,) = load_grid("./custom/smoke.yaml")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = Store(tracking)
+    experiment = store.experiment(EXPERIMENT)
+    builtin = store.parent(experiment, "grid", "smoke")
+    store.client.set_terminated(start_child_run(store.client, experiment, builtin, cell.run_name, cell.cfg).run_id)
+    mine = store.parent(experiment, "grid", grid.name)
+    abandoned = start_child_run(store.client, experiment, mine, cell.run_name, cell.cfg).run_id  # stays RUNNING
+
+    code, out, err = run_cli(capsys, "ablate", "./custom/smoke.yaml", "--tracking-uri", tracking)
+    assert code == 0, err
+    assert f"grid {grid.name} (./custom/smoke.yaml): 1 runs, 0 already finished, 1 to run" in out
+    client = MlflowClient(tracking)
+    runs = {r.info.run_id: r for r in child_runs(client, mine)[cell.run_name]}
+    assert runs.pop(abandoned).data.tags["sdakd.failure"].startswith("its driver is gone")
+    (trained_run,) = runs.values()
+    assert trained_run.info.status == "FINISHED" and trained_run.data.tags["sdakd.config_hash"] == cell.hash
+    assert [len(v) for v in child_runs(client, builtin).values()] == [1]
+    assert (tmp_path / "runs" / "ablate" / grid.name / f"{cell.run_name}-{cell.hash}" / "metrics.json").is_file()
+    report = (tmp_path / "reports" / f"{grid.name}.md").read_text()
+    assert "custom_cell" in report and "no_fm" not in report and not (tmp_path / "reports" / "smoke.md").exists()
+
+    code, out, err = run_cli(capsys, "report", "custom/smoke.yaml", "--tracking-uri", tracking)
+    assert code == 0 and "custom_cell" in out and "no_fm" not in out, err
+    code, out, err = run_cli(capsys, "ablate", str(tmp_path / "custom" / "smoke.yaml"), "--tracking-uri", tracking)
+    assert code == 0 and "1 runs, 1 already finished, 0 to run" in out, err
+
+
+@pytest.mark.timeout(480)
+def test_a_space_file_searches_and_reports_as_itself(capsys, trained, tmp_path, local_ray, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    space = {"base": {"preset": "tiny", "overrides": CELL_BASE | {"run.cache_dir": str(trained / "cache")}},
+             "parameters": {"optim.lr_g": {"type": "choice", "values": [1e-3, 2e-3]}},
+             "objectives": [{"metric": "psnr_y", "mode": "max"}], "scheduler": None, "samples": 1}
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "custom" / "smoke.yaml").write_text(json.dumps(space))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = run_cli(capsys, "search", "./custom/smoke.yaml", "--tracking-uri", tracking)
+    assert code == 0, err
+    (folder,) = (tmp_path / "runs").iterdir()  # its own folder, not the built-in's runs/search-smoke
+    name = folder.name.removeprefix("search-")
+    assert name.startswith("smoke-") and len(json.loads((folder / "trials.json").read_text())) == 1
+    client = MlflowClient(tracking)
+    (parent,) = client.search_runs([client.get_experiment_by_name("sdakd-searches").experiment_id],
+                                   "tags.`sdakd.role` = 'search'")
+    assert parent.data.tags["sdakd.group"] == str(folder / "tune")
+
+    code, out, err = run_cli(capsys, "report", "custom/smoke.yaml")  # no --search: the file is a space
+    assert code == 0 and f"best trial of search {name} (max psnr_y); 1 trials, 1 finished" in out, err
+    code, _, err = run_cli(capsys, "search", "custom/smoke.yaml", "--tracking-uri", tracking)
+    assert_one_error(code, err, f"{folder / 'tune'} already holds a search: add --resume")

@@ -11,14 +11,16 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 
 from sdakd.config.load import dump_yaml, with_overrides
+from sdakd.config.origin import named_by_origin
+from sdakd.config.project import find_project_yaml
 from sdakd.config.schema import ExperimentConfig
 from sdakd.errors import SdakdError
-from sdakd.search.space import OBJECTIVE_METRICS, Space, Suggest
+from sdakd.search.space import OBJECTIVE_METRICS, SPACES_DIR, Space, Suggest, load_space
 
 # Kept per trial in trials.json next to the objectives: where it stopped, what it cost, when it ran.
 TRIAL_FIELDS = ("stage", "trained_iters", "prefix_stages", "world_size", "time_total_s", "timestamp")
@@ -146,8 +148,17 @@ def best_table(summary: Summary) -> str:
     return head + "\n\n" + "\n".join(lines) + ("\n\nno trial qualifies" if not summary.best else "") + "\n"
 
 
+def load_named_space(name: str, overrides: Sequence[str] = ()) -> tuple[Space, ExperimentConfig]:
+    """`load_space`, the space named by where its file is (config/origin.py): a space passed by path gets its own
+    search folder, Optuna study and MLflow parent, never those of a built-in of its file name."""
+    space, base = load_space(name, overrides)
+    path = find_project_yaml(SPACES_DIR, name, "search space")
+    return named_by_origin(space, path, SPACES_DIR, "search space"), base
+
+
 def search_folder(space: Space, base: ExperimentConfig) -> Path:
-    """Where a search keeps its files: `run.out_dir` of its base config, else runs/search-<name>."""
+    """Where a search keeps its files: `run.out_dir` of its base config, else runs/search-<name> (its origin
+    name)."""
     return Path(base.run.out_dir or Path("runs") / f"search-{space.name}").resolve()
 
 
@@ -155,8 +166,8 @@ def load_summary(space: Space, folder: Path) -> Summary:
     """A finished search's summary, read back from its trials.json."""
     path = folder / "trials.json"
     if not path.is_file():
-        raise SdakdError(f"search {space.name!r} has no results in {folder} (no trials.json): run `sdakd search "
-                         f"{space.name}` first")
+        raise SdakdError(f"search {space.name!r} has no results in {folder} (no trials.json): run `sdakd search` "
+                         "on its space first")
     trials = json.loads(path.read_text())
     finished = [t for t in trials if t["final"] and t.get("feasible", True)]
     best = pareto_front(space, finished) if len(space.objectives) > 1 else _best(space, finished)

@@ -179,8 +179,12 @@ class Store:
 
     def finished(self, parent: str) -> list[dict[str, Any]]:
         """The parent's FINISHED child runs (all pages) as plain records: run id, end time, tags, last metrics."""
+        return self.children(parent, "FINISHED")
+
+    def children(self, parent: str, status: str) -> list[dict[str, Any]]:
+        """The parent's child runs in `status` (RUNNING, FINISHED, ...), as `finished` lists them."""
         run = self.client.get_run(parent)
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'FINISHED'"
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = '{status}'"
         records, token = [], None
         while True:
             page = self.client.search_runs([run.info.experiment_id], query, page_token=token)
