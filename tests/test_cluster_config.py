@@ -3,7 +3,8 @@
 Ray's own validator (the one `ray up` runs) plus the project's network/storage rules: the dashboard and MLflow
 never listen on 0.0.0.0, every node exports SDAKD_TRACKING_URI / SDAKD_STORAGE_PATH, the bucket (or NFS root) is
 named once. No AWS credentials, no network: the validator only reads Ray's bundled defaults and JSON schema.
-The shell snippets that write ~/.sdakd_env are executed for real in a temporary HOME.
+The shell snippets that write ~/.sdakd_env are executed for real in a temporary HOME (and the head's MLflow command
+in tests/test_cluster_mlflow_login.py).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def test_aws_workers_can_write_checkpoints_to_s3():
             assert node_type["node_config"].get("IamInstanceProfile"), f"{type_name}: no instance profile for S3"
 
 
-def _run_env_writers(cfg: dict, key: str, home: Path, extra_env: dict[str, str]) -> dict[str, str]:
+def run_env_writers(cfg: dict, key: str, home: Path, extra_env: dict[str, str]) -> dict[str, str]:
     """Run the commands of `key` that write ~/.sdakd_env or ~/.bashrc; return what ~/.sdakd_env exports."""
     writers = [c for c in cfg[key] if re.search(r">>? ~/\.(sdakd_env|bashrc)\b", c)]
     assert writers, f"no command in {key} writes ~/.sdakd_env"
@@ -202,14 +203,14 @@ def test_env_file_on_head_and_workers(name, tmp_path):
         (home / ".bashrc").write_text("# stock\n")
         (home / "sdakd-venv").symlink_to(venv)
 
-    head = _run_env_writers(cfg, "head_setup_commands", head_home, {})
+    head = run_env_writers(cfg, "head_setup_commands", head_home, {})
     import ray.util
 
     head_ip = ray.util.get_node_ip_address()
     assert head["SDAKD_HEAD_IP"] == head_ip
     assert head["SDAKD_TRACKING_URI"] == f"http://{head_ip}:5000"
 
-    worker = _run_env_writers(cfg, "worker_setup_commands", worker_home, {"RAY_HEAD_IP": "10.20.30.40"})
+    worker = run_env_writers(cfg, "worker_setup_commands", worker_home, {"RAY_HEAD_IP": "10.20.30.40"})
     assert worker["SDAKD_TRACKING_URI"] == "http://10.20.30.40:5000"
 
     for exported in (head, worker):
@@ -218,5 +219,16 @@ def test_env_file_on_head_and_workers(name, tmp_path):
         assert exported["SDAKD_STORAGE_PATH"] == prefix.replace(f"${var}", root) + "ray-results"
 
     # Re-running setup (as `ray up` does after a config change) must not pile up ~/.bashrc lines.
-    _run_env_writers(cfg, "worker_setup_commands", worker_home, {"RAY_HEAD_IP": "10.20.30.40"})
+    run_env_writers(cfg, "worker_setup_commands", worker_home, {"RAY_HEAD_IP": "10.20.30.40"})
     assert (worker_home / ".bashrc").read_text().count("source ~/.sdakd_env") == 1
+
+
+def test_ray_head_on_the_private_ip_without_a_metrics_exporter():
+    """What Ray lets a config choose (docs/cluster.md, "Network"): the head's own servers on the address MLflow
+    and the workers use, and no per-node Prometheus exporter (it would listen on 0.0.0.0 without auth)."""
+    cfg = raw("aws")
+    head, worker = (next(c for c in commands(cfg, key) if "ray start" in c)
+                    for key in ("head_start_ray_commands", "worker_start_ray_commands"))
+    assert flag_values(head, "--node-ip-address") == ["$SDAKD_HEAD_IP"]
+    for start in (head, worker):
+        assert re.search(r"\bRAY_enable_metrics_collection=0\s+ray start\b", start), start
