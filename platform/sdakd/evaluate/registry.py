@@ -13,16 +13,17 @@ from typing import Literal
 from sdakd.config.schema import ExperimentConfig
 from sdakd.evaluate.distribution import fid_unavailable
 from sdakd.evaluate.metrics import lpips_unavailable
+from sdakd.evaluate.niqe import niqe_unavailable
 from sdakd.registry import Registry
 
 
 @dataclass(frozen=True)
 class Metric:
     mode: Literal["max", "min"]  # which way is better
-    # image: full-reference, per validation image, averaged; set: over the whole validation set (patches);
-    # cost: of the student network
+    # image: per validation image, averaged; set: over the whole validation set (patches); cost: of the student
+    # network
     kind: Literal["image", "set", "cost"]
-    reference: Literal["gt", "teacher", "none"]  # what the student's output is compared with
+    reference: Literal["gt", "teacher", "none"]  # what the student's output is compared with (none: nothing)
     needs: str | None = None  # the config field that names its weights
     heading: str = ""  # a report's column heading
     digits: int = 2
@@ -37,6 +38,7 @@ DEFINITIONS = {  # in the order reports show them
     "lpips_vs_teacher": Metric("min", "image", "teacher", "eval.lpips.backbone_weights", "LPIPS vs teacher", 4),
     "fid": Metric("min", "set", "gt", "eval.fid.feature_weights", "FID (patches)"),
     "kid": Metric("min", "set", "gt", "eval.fid.feature_weights", "KID (patches)", 4),
+    "niqe": Metric("min", "image", "none", "eval.niqe.params", "NIQE", 4),
     "macs": Metric("min", "cost", "none", heading="MACs (G)"),
     "params": Metric("min", "cost", "none", heading="params (M)", digits=3),
 }
@@ -57,6 +59,7 @@ def unavailable(cfg: ExperimentConfig, has_teacher: bool) -> dict[str, str]:
     reasons = {
         "eval.lpips.backbone_weights": lpips_unavailable(cfg.eval.lpips.backbone_weights, cfg.eval.lpips.net),
         "eval.fid.feature_weights": fid_unavailable(cfg.eval.fid.feature_weights),
+        "eval.niqe.params": niqe_unavailable(cfg.eval.niqe.params),
     }
     missing = {}
     for name in METRICS.names():
