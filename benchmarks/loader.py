@@ -6,7 +6,12 @@ The realesrgan-x4 step cannot run at batch 12 here: it is measured at batch 1 an
 bound on its per-patch cost), and its FLOPs per patch say how fast a GPU would have to be to outrun the loader.
 Target: loader >= 5x what the step consumes.
 
-    python -m benchmarks.loader [--rounds N]
+Then the second-order degradation at GT 256, batch 12, both paths in this process on CPU tensors, interleaved:
+the loader path (StepBatches[step]: crop, draw, degrade per sample with FFT blur and libjpeg) vs the device path
+(StepBatches.clean(step): crop and draw; then degrade_on_device: batched, one FFT blur on CPU, torch JPEG) and
+the clean crops alone (what a loader process still does on the device path). `--degrade-only` runs just this part.
+
+    python -m benchmarks.loader [--rounds N] [--degrade-only]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 if __package__ in (None, ""):  # run as `python benchmarks/loader.py`
@@ -26,7 +32,8 @@ if __package__ in (None, ""):  # run as `python benchmarks/loader.py`
 from benchmarks.harness import PAPER_SCALE, command_line, experiment, interleaved, median_ci, quiet_cpu, ratios
 from sdakd.config.load import load_config
 from sdakd.data import StepBatches, batch_loader
-from sdakd.data.dataset import train_batches
+from sdakd.data.dataset import ensure_dataset, train_batches
+from sdakd.data.degrade_device import degrade_on_device
 
 TARGET = 5.0
 WORKERS = 2
@@ -100,15 +107,48 @@ def measure(name: str, setting: Setting, rounds: int) -> None:
           f"= {best / TARGET * gflop / 1e3:.3f} TFLOP/s sustained")
 
 
+def paper_scale_batches() -> tuple[int, StepBatches]:
+    """realesrgan-x4's training batches (GT 256, second_order, batch 12) over the bundled photos, and its scale."""
+    cfg = load_config("realesrgan-x4", overrides=list(PAPER_SCALE))
+    return cfg.data.scale, train_batches(cfg, ensure_dataset(cfg), cfg.data.batch_size)
+
+
+def degrade_paths(rounds: int) -> None:
+    scale, batches = paper_scale_batches()
+    cpu = torch.device("cpu")
+    steps = {name: itertools.count() for name in ("loader", "device", "clean")}  # round r: step r in each
+    times = interleaved(
+        {
+            "loader": lambda: batches[next(steps["loader"])],
+            "device": lambda: degrade_on_device(batches.clean(next(steps["device"])), scale, cpu),
+            "clean": lambda: batches.clean(next(steps["clean"])),
+        },
+        rounds,
+        warmup=1,
+    )
+    patches = batches.batch_size
+    ratio, low, high = median_ci(ratios(times.wall, "loader", "device"))
+    print(f"\nsecond_order at GT {batches.gt_size}, batch {patches}, in process, {torch.get_num_threads()} thread(s), "
+          f"{rounds} rounds (patches/s, median over rounds):")
+    print(f"  loader path (per sample, FFT blur, libjpeg): {_rate(patches, times.wall['loader'])}")
+    print(f"  device path on CPU tensors (batched: one FFT blur, torch JPEG): {_rate(patches, times.wall['device'])} "
+          f"= {ratio:.2f}x the loader path (95% CI {low:.2f}-{high:.2f})")
+    print(f"  clean crops + draws alone (the loader's share on the device path): {_rate(patches, times.wall['clean'])}")
+
+
 def _rate(patches: int, seconds: list[float]) -> str:
     return f"{patches / statistics.median(seconds):.2f}"
 
 
 def main() -> None:
-    args = command_line(__doc__, rounds=4).parse_args()
+    parser = command_line(__doc__, rounds=4)
+    parser.add_argument("--degrade-only", action="store_true", help="only the loader vs device path comparison")
+    args = parser.parse_args()
     quiet_cpu()
-    for name, setting in SETTINGS.items():
-        measure(name, setting, args.rounds)
+    if not args.degrade_only:
+        for name, setting in SETTINGS.items():
+            measure(name, setting, args.rounds)
+    degrade_paths(args.rounds)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from torch import nn
 
 from sdakd.config.identity import config_hash
 from sdakd.config.schema import ExperimentConfig
 from sdakd.data.dataset import Dataset, train_batches
+from sdakd.data.source import StepSource
 from sdakd.engine import Callbacks, Engine
 from sdakd.engine.device import resolve_device
 from sdakd.evaluate.validator import Validator
 from sdakd.methods import METHODS
 from sdakd.methods.base import Method
+from sdakd.models.memory_format import to_channels_last
 from sdakd.teacher.cache import prepare_inputs
 from sdakd.teacher.frozen import Teacher
 
@@ -72,8 +75,13 @@ def build_experiment(
     data, teacher = prepare_inputs(cfg, device)
     torch.manual_seed(cfg.seed)  # student init depends on the seed alone, not on what ran before
     method = method_cls(cfg, teacher).to(device)
-    if cfg.optim.channels_last and device.type == "cuda":
-        method.nets.to(memory_format=torch.channels_last)
+    channels_last = cfg.optim.channels_last and device.type == "cuda"
+    if channels_last:  # every net a step runs, so no layout conversion between them
+        for net in (method.nets, method.perceptual, *((teacher.g, teacher.d) if teacher else ())):
+            if net is not None:
+                to_channels_last(net)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: the fastest conv algorithms are found once
     if placement.prepare is not None:
         placement.prepare(method)
     validator = Validator(cfg, data, teacher, device)
@@ -81,13 +89,14 @@ def build_experiment(
     batches = train_batches(cfg, data, cfg.data.batch_size, placement.rank, placement.world_size)
     exp.engine = Engine(
         method,
-        batches.__getitem__,
+        StepSource(batches, device, cfg.data.num_workers, cfg.data.degrade_on),
         device=device,
         lr_g=cfg.optim.lr_g,
         lr_d=cfg.optim.lr_d,
         betas=cfg.optim.betas,
         ema_decay=cfg.optim.ema,
         amp=cfg.optim.amp,
+        channels_last=channels_last,
         checkpoint_dir=exp.out_dir / "checkpoints",
         checkpoint_every=cfg.run.checkpoint_every,
         log_every=cfg.run.log_every,
@@ -99,3 +108,17 @@ def build_experiment(
     )
     exp.timings["setup_s"] = time.perf_counter() - started
     return exp
+
+
+def compile_nets(exp: Experiment, **options: Any) -> list[str]:
+    """`torch.compile` (with `options`) the nets of `exp` that have a forward of their own, in place; returns their
+    names. The D stays eager when the R1 penalty is on: R1 differentiates the D's input gradient again (a double
+    backward), which compiled graphs do not support."""
+    method, teacher = exp.method, exp.teacher
+    r1 = exp.cfg.loss.r1.weight > 0
+    nets: dict[str, nn.Module | None] = {name: net for name, net in method.nets.items() if not (r1 and name == "d")}
+    nets |= {"perceptual": method.perceptual, "teacher.g": teacher.g if teacher else None}
+    compiled = [name for name, net in nets.items() if net is not None and type(net).forward is not nn.Module.forward]
+    for name in compiled:
+        nets[name].compile(**options)
+    return compiled

@@ -26,6 +26,8 @@ def identity_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     for key in TRACKING_ONLY:
         data.pop(key)
     data["methods"] = {cfg.method: method_options(cfg).model_dump(mode="json")}
+    if cfg.data.degradation == "bicubic":  # bicubic always degrades in the loader: the field changes nothing there
+        data["data"].pop("degrade_on")
     return data
 
 

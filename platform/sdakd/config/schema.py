@@ -125,6 +125,10 @@ class DataConfig(Frozen):
     gt_size: int = Field(256, ge=8)
     batch_size: int = Field(12, ge=1, description="per worker")
     degradation: Literal["bicubic", "second_order"] = "bicubic"
+    degrade_on: Literal["loader", "device"] = Field(
+        "device", description="where second_order degrades: batched on the training device after the loader served "
+        "clean HR crops and their random draws, or per sample in the loader (bicubic always runs in the loader)",
+    )
     scales: tuple[int, ...] | None = Field(
         None, min_length=1, description="GCFSR mode: each sample's upscaling factor is drawn from this list (repeat "
         "one to draw it more often), the LR comes upsampled back to gt_size and the factor goes to the generator "
@@ -201,12 +205,20 @@ class FidConfig(Frozen):
     seed: int = 0
 
 
+class NiqeConfig(Frozen):
+    params: Path | None = Field(
+        None, description="the pristine NIQE model: an .npz with mu_pris_param, cov_pris_param and gaussian_window "
+        "(as BasicSR's niqe_pris_params.npz); None = no NIQE (listed as unavailable)",
+    )
+
+
 class EvalConfig(Frozen):
     """Which metrics need which local weights; none are downloaded. Excluded from the config hash: they change
     what is measured, not what is learned."""
 
     lpips: LpipsConfig = LpipsConfig()
     fid: FidConfig = FidConfig()
+    niqe: NiqeConfig = NiqeConfig()
 
 
 class ExperimentConfig(Frozen):

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sdakd.data.degrade import DEGRADATIONS, bicubic_down, bicubic_up
+from sdakd.data.degrade import DEGRADATIONS, bicubic_down, bicubic_up, degrade_per_sample
+from sdakd.data.draws import SecondOrderDraws, SecondOrderParams, draw_second_order
 from sdakd.data.shards import read_split
 from sdakd.errors import SdakdError
 
@@ -32,7 +33,9 @@ class StepBatches(Dataset):
     """`batches[step]` -> {"lr": (B, 3, gt/scale, gt/scale), "hr": (B, 3, gt, gt)}, float in [0, 1].
 
     Each step draws a global batch of batch_size * world_size samples (image, crop corner, flip, degradation
-    seed) from a generator seeded by (seed, step); rank r degrades and returns samples [r*B, (r+1)*B).
+    seed) from a generator seeded by (seed, step), then the second-order degradation's batch-wide choices; rank r
+    degrades and returns samples [r*B, (r+1)*B). `clean(step)` returns them undegraded with their draws instead,
+    for the training device to degrade (`degrade_device`).
 
     With `scales` (GCFSR): each sample's factor is drawn from `scales`, its LR upsampled back to gt_size, and the
     batch holds "cond": (B,) float factors.
@@ -62,7 +65,8 @@ class StepBatches(Dataset):
             raise SdakdError(f"scales={scales!r} is invalid; allowed: factors >= 1 that divide gt_size={gt_size}")
         if not 0 <= rank < world_size:
             raise SdakdError(f"rank={rank} is outside 0..{world_size - 1} (world_size={world_size})")
-        self.degrade = DEGRADATIONS.get(degradation)
+        DEGRADATIONS.get(degradation)  # refuses an unknown name, listing the known ones
+        self.second_order, self.params = degradation == "second_order", SecondOrderParams()
         images = read_split(data_dir, split)
         if not images:
             raise SdakdError(f"{data_dir}: split {split!r} holds no images")
@@ -82,10 +86,30 @@ class StepBatches(Dataset):
         return STEPS
 
     def __getitem__(self, step: int) -> dict[str, Tensor]:
+        """The loader path: {"lr", "hr"[, "cond"]}, degraded here, per sample."""
         with _one_thread():
-            return self._batch(step)
+            hr, factors, draws = self._crops(step)
+            lrs = []
+            for i, factor in enumerate(factors.tolist()):
+                if draws is None:
+                    lr = bicubic_down(hr[i], factor)
+                else:
+                    lr = degrade_per_sample(hr[i : i + 1], factor, draws.select(slice(i, i + 1)))[0]
+                lrs.append(lr if self.scales is None else bicubic_up(lr, factor))
+        return {"lr": torch.stack(lrs), "hr": hr} | self._cond(factors)
 
-    def _batch(self, step: int) -> dict[str, Tensor]:
+    def clean(self, step: int) -> dict[str, Any]:
+        """The device path: {"hr", "draws"[, "cond"]}, the clean crops and the second-order draws that
+        `degrade_device.degrade_on_device` applies to them."""
+        with _one_thread():
+            hr, factors, draws = self._crops(step)
+        return {"hr": hr, "draws": draws} | self._cond(factors)
+
+    def _cond(self, factors: Tensor) -> dict[str, Tensor]:
+        return {} if self.scales is None else {"cond": factors.float()}
+
+    def _crops(self, step: int) -> tuple[Tensor, Tensor, SecondOrderDraws | None]:
+        """This rank's HR crops (B, 3, gt, gt), their factors (B,) and their second-order draws (None: bicubic)."""
         g = torch.Generator().manual_seed(step_seed(self.seed, step))
         total = self.batch_size * self.world_size
         # draw for the whole global batch so every rank consumes the same stream
@@ -94,27 +118,33 @@ class StepBatches(Dataset):
         flips = torch.rand(total, generator=g) < 0.5
         sample_seeds = torch.randint(2**62, (total,), generator=g)
         # drawn last, so that the single-scale stream stays what it was
-        factors = None
+        factors = torch.full((total,), self.scale)
         if self.scales:
             factors = torch.tensor(self.scales)[torch.randint(len(self.scales), (total,), generator=g)]
-
-        hrs, lrs = [], []
-        for i in range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size):
+        rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        # one seed per sample: its draws do not depend on which rank or batch size produced it
+        draws = draw_second_order(g, sample_seeds[rows].tolist(), self.params) if self.second_order else None
+        hrs = []
+        for i in range(rows.start, rows.stop):
             img = self.images[int(picks[i])]
             top = int(corners[i, 0] * (img.shape[1] - self.gt_size + 1))
             left = int(corners[i, 1] * (img.shape[2] - self.gt_size + 1))
             hr = img[:, top : top + self.gt_size, left : left + self.gt_size].float() / 255
-            if self.flip and flips[i]:
-                hr = hr.flip(-1)
-            # one generator per sample: its LR does not depend on which rank or batch size produced it
-            factor = self.scale if factors is None else int(factors[i])
-            lr = self.degrade(hr, factor, torch.Generator().manual_seed(int(sample_seeds[i])))
-            lrs.append(lr if factors is None else bicubic_up(lr, factor))
-            hrs.append(hr)
-        batch = {"lr": torch.stack(lrs), "hr": torch.stack(hrs)}
-        if factors is not None:
-            batch["cond"] = factors[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].float()
-        return batch
+            hrs.append(hr.flip(-1) if self.flip and flips[i] else hr)
+        return torch.stack(hrs), factors[rows], draws
+
+
+class CleanCrops(Dataset):
+    """`StepBatches.clean` as a dataset, for loader processes to serve to the device path."""
+
+    def __init__(self, batches: StepBatches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return STEPS
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        return self.batches.clean(step)
 
 
 @contextmanager
@@ -130,9 +160,15 @@ def _one_thread() -> Iterator[None]:
 
 
 def batch_loader(
-    batches: StepBatches, start_step: int, num_steps: int, num_workers: int = 0, prefetch_factor: int = 2
+    batches: Dataset,
+    start_step: int,
+    num_steps: int,
+    num_workers: int = 0,
+    prefetch_factor: int = 2,
+    pin_memory: bool | None = None,
 ) -> DataLoader:
-    """Batches for steps start_step .. start_step + num_steps - 1, in order, prepared by `num_workers` processes."""
+    """Batches for steps start_step .. start_step + num_steps - 1, in order, prepared by `num_workers` processes
+    (`batches[step]`: StepBatches, or CleanCrops for the device path); pinned by default when CUDA is present."""
     workers = num_workers > 0
     return DataLoader(
         batches,
@@ -141,17 +177,21 @@ def batch_loader(
         num_workers=num_workers,
         persistent_workers=workers,
         prefetch_factor=prefetch_factor if workers else None,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        # the workers' seeds (unused: a batch draws from its step's seed) come from here, not from the global RNG
+        generator=torch.Generator().manual_seed(0),
     )
 
 
-def val_pairs(data_dir: str | Path, scale: int, max_side: int | None = None) -> list[tuple[str, Tensor, Tensor]]:
-    """(name, lr, hr) per validation image: HR optionally centre-cropped to max_side, then cropped to a multiple
+def val_pairs(
+    data_dir: str | Path, scale: int, max_side: int | None = None, split: str = "val"
+) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, lr, hr) per image of `split` (val or test): HR optionally centre-cropped to max_side, then cropped to a multiple
     of scale; LR = bicubic_down(HR). Deterministic."""
     if max_side is not None and max_side < scale:
         raise SdakdError(f"max_side={max_side} is smaller than scale={scale}; allowed: None or >= scale")
     pairs = []
-    for name, img in read_split(data_dir, "val"):
+    for name, img in read_split(data_dir, split):
         h, w = img.shape[1:]
         if max_side is not None:
             top, left = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
@@ -163,15 +203,15 @@ def val_pairs(data_dir: str | Path, scale: int, max_side: int | None = None) -> 
 
 
 def factor_val_pairs(
-    data_dir: str | Path, scales: Sequence[int], size: int
+    data_dir: str | Path, scales: Sequence[int], size: int, split: str = "val"
 ) -> list[tuple[str, Tensor, Tensor, Tensor]]:
-    """GCFSR validation: (name, lr, hr, factor) for every val image, centre-cropped to size x size, at every
+    """GCFSR validation: (name, lr, hr, factor) for every image of `split`, centre-cropped to size x size, at every
     distinct factor; LR = bicubic down by the factor and back up to `size`. Deterministic."""
     pairs = []
-    for name, img in read_split(data_dir, "val"):
+    for name, img in read_split(data_dir, split):
         h, w = img.shape[1:]
         if min(h, w) < size:
-            raise SdakdError(f"{data_dir}: val image {name} ({w}x{h}) is smaller than {size}x{size}")
+            raise SdakdError(f"{data_dir}: {split} image {name} ({w}x{h}) is smaller than {size}x{size}")
         top, left = (h - size) // 2, (w - size) // 2
         hr = img[:, top : top + size, left : left + size].float() / 255
         for factor in sorted(set(scales)):

@@ -38,8 +38,9 @@ def wrap_trainable(method: Any, device: torch.device) -> None:
         # No find_unused_parameters (an extra graph walk per step): a net runs whole or not at all (adapters in
         # stage 1), and a D frozen for the G step expects no grads. Tested in tests/test_distributed.py.
         # No buffer broadcast before every forward: the buffers here are spectral norm's power-iteration vectors,
-        # which follow from the weights DDP already keeps equal, and batch-norm statistics of training-only
-        # connectors; syncing them would add a collective to each of the D's several calls per step for nothing.
+        # which follow from the weights DDP already keeps equal, and the running statistics of DCD's connectors,
+        # which GroupBatchNorm2d computes from the whole group's batch; syncing them would add a collective to each
+        # of the D's several calls per step for nothing.
         return DistributedDataParallel(net, device_ids=device_ids, forward_sync_buffers=False)
 
     for name, net in list(method.nets.items()):

@@ -7,7 +7,6 @@ Adapters (Ray Train, MLflow, progress bars) listen through `Callbacks`.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -20,8 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sdakd.engine.checkpoint import load_checkpoint, save_checkpoint
 from sdakd.engine.interface import StagedMethod, StepOutputs
+from sdakd.engine.losses import Diverged, LossBook, divergence  # Diverged: what `run` raises, named here
 from sdakd.engine.stage import Stage, stage_offsets
 from sdakd.errors import SdakdError
+from sdakd.models.taps import drop_forward_hooks
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,6 @@ class Position:
 
     stage: int = 0
     step: int = 0
-
-
-class Diverged(SdakdError, FloatingPointError):
-    """A run whose losses went non-finite, or whose D loss passed its bound: a failure of the run, which the same
-    config repeats, not a crash. `record` is what failed.json holds; `file` is that file, once written."""
-
-    exit_code = 1  # the CLI's code for a run that failed (2: input refused before any compute)
-
-    def __init__(self, record: dict[str, Any], file: Path | None = None) -> None:
-        super().__init__(record["reason"] + (f" (details: {file})" if file else ""))
-        self.record, self.file = record, file
-
-    def __reduce__(self) -> tuple[Any, ...]:  # Ray and Tune pickle it across processes
-        return type(self), (self.record, self.file)
 
 
 class Callbacks:
@@ -105,6 +92,7 @@ class Engine:
         betas: tuple[float, float],
         ema_decay: float = 0.0,
         amp: bool = False,
+        channels_last: bool = False,
         checkpoint_dir: Path | None = None,
         checkpoint_every: int = 1000,
         log_every: int = 50,
@@ -124,15 +112,18 @@ class Engine:
         self.opt_d = torch.optim.Adam(d_groups, lr=lr_d, betas=betas) if d_groups else None
         student = unwrap(method.nets["student_g"])
         self.ema = ModelEmaV3(student, decay=ema_decay, use_warmup=True) if ema_decay > 0 else None
+        if self.ema is not None:
+            drop_forward_hooks(self.ema.module)  # the copy's forward must not write the student's feature taps
         # DDP nets: ranks that step together (a worker group), so they stop together; not rank 0's teacher pretrain
         self.synced = isinstance(method.nets["student_g"], DistributedDataParallel)
         # bf16 autocast on CUDA only: CPU autocast is slower than fp32 on small convs.
         bf16 = amp and device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.input_format = torch.channels_last if channels_last else torch.preserve_format  # as the nets' weights
         self.checkpoint_dir, self.checkpoint_every, self.log_every = checkpoint_dir, checkpoint_every, log_every
         self.evaluate, self.callbacks, self.writer = evaluate, list(callbacks), writer
         self.metadata = dict(metadata or {})  # saved in every checkpoint (e.g. the resolved config)
-        self.max_d_loss = max_d_loss  # a D loss above it stops the run as diverged; None: no bound
+        self.losses = LossBook(max_d_loss)  # a D loss above max_d_loss stops the run as diverged; None: no bound
         self.last_finite: tuple[int, dict[str, float]] = (0, {})  # the last step whose losses all passed, and them
         self.position = Position()
         # What each stage actually did: the terms it computed and how often each optimizer stepped.
@@ -159,19 +150,18 @@ class Engine:
             stage = self.stages[self.position.stage]
             for net in self.method.nets.values():
                 net.train()
-            running: dict[str, float] = {}
             for step_in_stage in range(self.position.step, stage.iters):
                 global_step = self.offsets[self.position.stage] + step_in_stage
-                losses = self.train_step(stage, self.batches(global_step))
-                for key, value in losses.items():
-                    running[key] = running.get(key, 0.0) + value
+                self.losses.add(global_step + 1, self.train_step(stage, self.batches(global_step)), stage)
                 done = step_in_stage + 1
                 self.position = Position(self.position.stage, done)
-                if done % self.log_every == 0 or done == stage.iters:
-                    count = (done - 1) % self.log_every + 1
-                    self._emit("on_log", stage, global_step + 1, {k: v / count for k, v in running.items()})
-                    running = {}
-                if done % self.checkpoint_every == 0 and done < stage.iters:
+                log = done % self.log_every == 0 or done == stage.iters
+                checkpoint = done % self.checkpoint_every == 0 and done < stage.iters
+                if log or checkpoint:  # no checkpoint of weights that a diverged step already spoiled
+                    self._read_losses(stage)
+                if log:
+                    self._emit("on_log", stage, global_step + 1, self.losses.mean())
+                if checkpoint:
                     self._checkpoint()
             self.position = Position(self.position.stage + 1, 0)
             if stage.iters:
@@ -181,10 +171,11 @@ class Engine:
                 self._emit("on_stage_end", stage, self.global_step(), metrics)
         return self.history
 
-    def train_step(self, stage: Stage, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+    def train_step(self, stage: Stage, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One step; its detached loss terms stay on the device (`run` reads them at log steps)."""
+        batch = {k: self._to_device(v) for k, v in batch.items()}
         step = self.method.step(batch)
-        g_losses, d_losses = dict[str, float](), dict[str, float]()
+        g_losses, d_losses = dict[str, torch.Tensor](), dict[str, torch.Tensor]()
         if stage.trains_g:
             _set_trainable(self.d_modules, False)  # D gets no grads from the G's GAN term
             g_losses = self._descend(stage, "g", self.opt_g, self.method.generator_terms, step, stage.g_loss)
@@ -196,34 +187,35 @@ class Engine:
                 with torch.no_grad(), self.autocast():
                     step.sr  # a D-only stage still needs the generator's output, without grads
             d_losses = self._descend(stage, "d", self.opt_d, self.method.discriminator_terms, step, stage.d_loss)
-        self._stop_if_diverged(stage, g_losses | d_losses, d_losses)
         return g_losses | d_losses
 
-    def _stop_if_diverged(self, stage: Stage, losses: dict[str, float], d_losses: dict[str, float]) -> None:
-        """Raise `Diverged` when a loss is not finite or a D loss passed `max_d_loss`: on every rank of a worker
-        group at the same step, so that no rank is left waiting in a collective for the others."""
-        bound = self.max_d_loss
-        bad = {k: v for k, v in losses.items()
-               if not math.isfinite(v) or (k in d_losses and bound is not None and abs(v) > bound)}
-        stop = torch.tensor([float(bool(bad))], device=self.device)
-        if self.synced:
-            dist.all_reduce(stop)  # one rank's verdict is every rank's
-        if not stop.item():
-            self.last_finite = (self.global_step() + 1, losses)
-            return
-        global_step, in_stage = self.global_step() + 1, self.position.step + 1  # counted as the logs count them
-        terms = {k: f"{v:.4g}" for k, v in bad.items()}  # as text: JSON has no nan
-        over = f" (above run.max_d_loss={bound:g})" if any(math.isfinite(v) for v in bad.values()) else ""
-        reason = (f"stage {stage.name} diverged at global step {global_step} (step {in_stage} of {stage.iters}): "
-                  f"{', '.join(f'{k}={v}' for k, v in terms.items()) or 'a loss on another worker'}{over}; the same "
-                  "config diverges again: lower optim.lr_g or optim.lr_d, or change the loss weights")
-        last_step, last = self.last_finite
-        raise Diverged({"reason": reason, "stage": stage.name, "global_step": global_step, "step_in_stage": in_stage,
-                        "terms": terms, "max_d_loss": bound, "last_finite_step": last_step or None,
-                        "last_finite_losses": last, "config_hash": self.metadata.get("config_hash")})
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() != 4:
+            return tensor.to(self.device, non_blocking=True)
+        return tensor.to(self.device, non_blocking=True, memory_format=self.input_format)
+
+    def _read_losses(self, stage: Stage) -> None:
+        """Read the losses of the steps since the last read; raise `Diverged` at the first step whose loss is not
+        finite or whose D loss passed `max_d_loss`: on every rank of a worker group at the same read and naming the
+        same step, so that no rank is left waiting in a collective for the others."""
+        steps = self.losses.read()
+        failed = next((s.global_step for s in steps if s.bad), None)
+        if self.synced:  # one rank's verdict is every rank's: the earliest failed step of any rank
+            none = self.total_steps + 1
+            earliest = torch.tensor([failed or none], device=self.device)
+            dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
+            failed = None if (agreed := int(earliest.item())) == none else agreed
+        passed = [s for s in steps if failed is None or s.global_step < failed]
+        self.losses.accept(passed)
+        if passed:
+            self.last_finite = (passed[-1].global_step, passed[-1].values)
+        if failed is not None:
+            step = next(s for s in steps if s.global_step == failed)
+            raise divergence(stage, step, failed - self.offsets[self.position.stage], self.global_step(),
+                             self.losses.max_d_loss, self.last_finite, self.metadata.get("config_hash"))
 
     def _descend(self, stage: Stage, side: str, optimizer: Any, terms_of: Callable, step: StepOutputs,
-                 weights: Mapping[str, float]) -> dict[str, float]:
+                 weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
         """One optimizer step on the weighted sum of one side's terms; returns what to log."""
         with self.autocast():
             terms = terms_of(step, stage)
@@ -235,8 +227,8 @@ class Engine:
         stats[f"{side}_terms"].update(terms)
         stats[f"{side}_steps"] += 1
         prefix = "loss/" if side == "g" else "loss/d_"
-        return {f"{prefix}{name}": float(value.detach()) for name, value in terms.items()} | {
-            f"loss/{side}_total": float(total.detach())
+        return {f"{prefix}{name}": value.detach() for name, value in terms.items()} | {
+            f"loss/{side}_total": total.detach()
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -279,7 +271,9 @@ class Engine:
 
     def resume(self, path: Path) -> int:
         """Continue where the checkpoint stopped; returns the global step it had reached, as it counted it."""
-        state = load_checkpoint(path, map_location=self.device)
+        # on the CPU: the nets copy their weights over, and Adam moves its moments to the params' device while its
+        # `step` counters stay CPU scalars (on the GPU, non-capturable Adam would sync on each of them every step)
+        state = load_checkpoint(path, map_location="cpu")
         try:
             self.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as err:

@@ -21,6 +21,7 @@ from sdakd.methods.base import REAL_FAKE, GANOptions, Method, Step
 from sdakd.methods.registry import METHODS
 from sdakd.models import FeatureTaps, feature_channels
 from sdakd.models.from_config import discriminator
+from sdakd.models.group_batchnorm import GroupBatchNorm2d
 from sdakd.models.taps import find_module
 
 
@@ -42,7 +43,8 @@ def connectors(channels: list[int], out: int) -> nn.ModuleList:
     def connector(c_in: int) -> nn.Module:
         conv = nn.Conv2d(c_in, out, 1, bias=False)
         nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-        return nn.Sequential(conv, nn.BatchNorm2d(out), nn.ReLU())
+        # BatchNorm over the worker group's whole batch: N DDP workers of batch B train as one of batch N*B
+        return nn.Sequential(conv, GroupBatchNorm2d(out), nn.ReLU())
 
     return nn.ModuleList(connector(c) for c in channels)
 
@@ -59,6 +61,10 @@ def fitting_factor(height: int, width: int, multiple: int = 8) -> int:
 @METHODS.register("dcd")
 class DCD(Method):
     Options = DCDOptions
+    tunable = {
+        "methods.dcd.weight": {"type": "loguniform", "low": 1.0e-3, "high": 10.0},
+        "loss.gan.weight": {"type": "loguniform", "low": 1.0e-4, "high": 0.1},
+    }
 
     def build(self) -> dict[str, nn.Module]:
         opts = self.options

@@ -72,6 +72,15 @@ class FeatureTaps:
         self.remove()
 
 
+def drop_forward_hooks(model: nn.Module) -> None:
+    """Remove every forward (pre-)hook from `model` and its submodules: a deep copy of a tapped net (the EMA) keeps
+    the original's hooks, whose recorders would then overwrite the original's tapped features."""
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_hooks_with_kwargs, module._forward_hooks_always_called,
+                      module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs):
+            hooks.clear()
+
+
 def pair_taps(teacher: Tappable, student: Tappable, every: int = 1) -> list[tuple[str, str]]:
     """(teacher tap, student tap) for each of the student's `tap_points(every)`.
 

@@ -178,6 +178,7 @@ def train_distributed(
             f"workers={workers}, gpus_per_worker={gpus_per_worker}, cpus_per_worker={cpus_per_worker} are invalid; "
             "allowed: workers >= 1, gpus_per_worker >= 0, cpus_per_worker > 0"
         )
+    check_whole_gpus(workers, gpus_per_worker, "--gpus-per-worker")
     cfg = with_absolute_paths(cfg)
     path, warm = resume_point(cfg, resume, warm_start)  # before Ray starts: a checkpoint of other networks fails here
     loop_config = {
@@ -199,6 +200,14 @@ def train_distributed(
     finally:
         if started:
             ray.shutdown()
+
+
+def check_whole_gpus(workers: int, gpus_per_worker: float, field: str) -> None:
+    """Several DDP workers need a whole GPU each: with a fraction, Ray packs two workers onto one GPU, whose two
+    NCCL ranks NCCL refuses ("Duplicate GPU detected")."""
+    if workers > 1 and gpus_per_worker != int(gpus_per_worker):
+        raise SdakdError(f"{field}={gpus_per_worker:g} with {workers} workers: each worker needs whole GPUs (NCCL "
+                         "runs one rank per GPU); allowed: 0 (CPU workers) or a whole number, usually 1")
 
 
 def make_trainer(

@@ -13,12 +13,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
+import ray
 import ray.train
+import torch
 from ray.tune.integration.ray_train import TuneReportCallback  # imported by name: Ray does not re-export it
 
 from sdakd.config.schema import ExperimentConfig
-from sdakd.experiment import Experiment
-from sdakd.ray_adapter.train import Worker, make_trainer, report_to_ray, with_absolute_paths
+from sdakd.experiment import Experiment, Placement
+from sdakd.ray_adapter.train import Worker, check_whole_gpus, make_trainer, report_to_ray, with_absolute_paths
 from sdakd.search.trial import run_trial
 
 
@@ -39,6 +41,12 @@ def trial_loop(config: dict[str, Any]) -> None:
         )
 
 
+def one_worker_placement() -> Placement:
+    """Where a 1-worker trial trains: on the CPU when Ray gave it no GPU. Ray leaves CUDA_VISIBLE_DEVICES alone for
+    a trial without GPUs, so `run.device: auto` would find every GPU and take GPU 0, unaccounted for."""
+    return Placement() if ray.get_gpu_ids() else Placement(device=torch.device("cpu"))
+
+
 def tune_trial(
     cfg: ExperimentConfig,
     *,
@@ -53,6 +61,7 @@ def tune_trial(
     """Train one trial on `workers` Ray Train workers, its reports going to the calling Tune trial; rank 0 calls
     `on_final` (pickled) as `run_trial` does. `name` identifies the trial's Train run in the storage root
     (`default_storage` when none is configured)."""
+    check_whole_gpus(workers, gpus_per_worker, "resources.gpu")
     cfg = with_absolute_paths(cfg, default_storage)
     loop_config = {
         "config": cfg.to_dict(), "prefix_cache": prefix_cache, "on_final": on_final, "command": f"sdakd search  # {name}"

@@ -5,6 +5,7 @@ It runs as a method (not user-selectable) through the same engine as every stude
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,19 @@ def pretrain_teacher(
         lr_d=p.lr,
         betas=cfg.optim.betas,
         ema_decay=cfg.optim.ema if g is None else 0.0,
+        amp=cfg.optim.amp,
         log_every=cfg.run.log_every,
         callbacks=[ConsoleProgress(prefix="teacher ")],
     )
     engine.run()
-    state = {"d": d.state_dict()} | ({"g": engine.eval_generator().state_dict()} if g is None else {})
+    trained = {"d": d} | ({"g": engine.eval_generator()} if g is None else {})
+    state = {name: {k: v.cpu() for k, v in net.state_dict().items()} for name, net in trained.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+    del engine, method, trained, d, generator
+    if device.type == "cuda":  # a driver that pretrains once, then only waits on its trials, keeps no GPU memory
+        gc.collect()
+        torch.cuda.empty_cache()
     return state

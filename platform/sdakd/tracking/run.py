@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from typing import Any, Iterator, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -67,6 +69,26 @@ class TrackedRun(Callbacks):
         self.pending: list[Metric] = []
         self.curves: dict[str, list[tuple[int, float]]] = {}
         self.stage_ends: list[tuple[str, int]] = []
+        self.system: SystemMetricsMonitor | None = None
+
+    def monitor_system(self) -> None:
+        """MLflow's system metrics (`system/...`: CPU, memory, disk, network; GPU utilisation and memory where
+        nvidia-ml-py, the `gpu` extra, finds a GPU) every 10 s while the run is RUNNING, so a starved GPU shows
+        beside the losses. The samples describe the machine this process runs on."""
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not 3 lines per run on the console
+        self.system = SystemMetricsMonitor(self.run_id, tracking_uri=self.client.tracking_uri)
+        self.system.start()
+
+    def stop_system(self) -> None:
+        """Stop sampling, logging the samples taken since the last logged ones (a run shorter than the interval
+        logs its first)."""
+        monitor, self.system = self.system, None
+        if monitor is None:
+            return
+        monitor.finish()
+        if metrics := monitor.aggregate_metrics():
+            monitor.publish_metrics(metrics)
+            monitor.mlflow_logger.flush()
 
     def log_metrics(self, values: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -159,6 +181,7 @@ def start_child_run(
     )
     tracker = TrackedRun(client, run.info.run_id, devices)
     tracker.log_params(flatten(cfg.to_dict()))
+    tracker.monitor_system()  # stops with `stop_system`, or by itself once the run is no longer RUNNING
     return tracker
 
 
@@ -175,7 +198,10 @@ def failure(err: BaseException) -> tuple[str, dict[str, Any] | None]:
 
 def record_failure(client: MlflowClient, run_id: str, err: BaseException) -> None:
     """The reason on the failed run: the tag, and failed.json (a divergence's record, else the reason alone)."""
-    reason, record = failure(err)
+    record_reason(client, run_id, *failure(err))
+
+
+def record_reason(client: MlflowClient, run_id: str, reason: str, record: dict[str, Any] | None = None) -> None:
     client.set_tag(run_id, FAILURE_TAG, reason[:5000])  # below every store's tag limit
     client.log_text(run_id, json.dumps(record or {"reason": reason}, indent=2), "failed.json")
 
@@ -203,6 +229,7 @@ def tracked_run(uri: str, *child: Any, **options: Any) -> Iterator[TrackedRun]:
             print(f"the failure of run {tracker.run_id} was not logged: {unlogged}", flush=True)
         raise
     finally:
+        tracker.stop_system()
         tracker.log_metrics({"device_seconds": tracker.device_seconds()})
         tracker.flush()
         tracker.client.set_terminated(tracker.run_id, status)
