@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -47,14 +48,37 @@ def write_images(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:
 
 def test_build_dataset_writes_shards_and_a_verified_manifest(photos: Path) -> None:
     manifest = load_manifest(photos)
-    assert manifest["counts"] == {"train": 7, "val": 2}
-    assert [s["file"] for s in manifest["shards"]] == ["train-00000.parquet", "val-00000.parquet"]
+    assert manifest["counts"] == {"train": 7, "val": 2, "test": 6}
+    assert [s["file"] for s in manifest["shards"]] == ["train-00000.parquet", "val-00000.parquet", "test-00000.parquet"]
     assert json.loads((photos / "manifest.json").read_text())["checksum"] == manifest["checksum"]
-    train, val = read_split(photos, "train"), read_split(photos, "val")
+    train, val, test = (read_split(photos, split) for split in ("train", "val", "test"))
     assert [name for name, _ in val] == ["chelsea", "coffee"]  # the last two of SAMPLE_PHOTOS
+    assert [name for name, _ in test] == ["brick", "camera", "coins", "grass", "gravel", "moon"]  # held out
     assert "astronaut" in [name for name, _ in train]
-    for _, img in train + val:
+    for _, img in train + val + test:
         assert img.dtype == torch.uint8 and img.shape[0] == 3 and max(img.shape[1:]) <= 512
+
+
+def test_the_three_splits_are_disjoint_by_image_content(photos: Path) -> None:
+    digests = {
+        split: {hashlib.sha256(img.numpy().tobytes()).hexdigest() for _, img in read_split(photos, split)}
+        for split in ("train", "val", "test")
+    }
+    assert [len(d) for d in digests.values()] == [7, 2, 6]
+    assert not (digests["train"] & digests["val"] or digests["train"] & digests["test"] or digests["val"] & digests["test"])
+
+
+def test_split_sizes_of_a_folder_and_a_copy_across_splits(tmp_path: Path) -> None:
+    names = {f"{c}.png": (40, 40) for c in "abcdef"}
+    images = write_images(tmp_path / "img", names)
+    build_dataset(tmp_path / "out", images_dir=images, val_count=1, test_count=2)
+    splits = {s: [n for n, _ in read_split(tmp_path / "out", s)] for s in ("train", "val", "test")}
+    assert splits == {"train": ["a", "b", "c"], "val": ["d"], "test": ["e", "f"]}  # by name: ..., val, test
+    shutil.copy(images / "a.png", images / "f.png")  # a test image that is a training image under another name
+    with pytest.raises(SdakdError, match=r"a\.png \(train\) and .*f\.png \(test\) are the same image"):
+        build_dataset(tmp_path / "again", images_dir=images, val_count=1, test_count=2)
+    with pytest.raises(SdakdError, match="val_count=3 and test_count=3 leave no training image"):
+        build_dataset(tmp_path / "again", images_dir=images, val_count=3, test_count=3)
 
 
 def test_rebuilding_gives_the_same_content_checksum(photos: Path, tmp_path: Path) -> None:
@@ -105,14 +129,14 @@ def test_bad_images_dir_is_refused_before_any_work(tmp_path: Path) -> None:
 def test_an_image_smaller_than_the_crop_is_named(tmp_path: Path) -> None:
     images = write_images(tmp_path / "img", {"big.png": (80, 80), "tiny.png": (32, 20), "zz.png": (90, 90)})
     with pytest.raises(SdakdError, match=r"tiny\.png is 32x20.*min_side=64"):
-        build_dataset(tmp_path / "out", images_dir=images, val_count=1, min_side=64)
+        build_dataset(tmp_path / "out", images_dir=images, val_count=1, test_count=0, min_side=64)
     assert not (tmp_path / "out").exists()
 
 
 def test_user_images_build_with_alpha_dropped(tmp_path: Path) -> None:
     images = write_images(tmp_path / "img", {"a.png": (80, 60), "b.jpg": (700, 300), "c.png": (90, 90)})
     Image.new("RGBA", (64, 64), (10, 20, 30, 40)).save(images / "d.png")
-    build_dataset(tmp_path / "out", images_dir=images, val_count=1, max_side=256)
+    build_dataset(tmp_path / "out", images_dir=images, val_count=1, test_count=0, max_side=256)
     train = dict(read_split(tmp_path / "out", "train"))
     assert sorted(train) == ["a", "b", "c"]
     assert tuple(train["b"].shape) == (3, 110, 256)  # longest side capped, aspect kept
@@ -190,7 +214,7 @@ def test_batch_loader_serves_the_requested_steps_in_order(photos: Path) -> None:
 
 def test_a_train_image_smaller_than_gt_size_is_named(tmp_path: Path) -> None:
     images = write_images(tmp_path / "img", {"a.png": (80, 80), "b.png": (100, 70), "c.png": (90, 90)})
-    build_dataset(tmp_path / "out", images_dir=images, val_count=1)
+    build_dataset(tmp_path / "out", images_dir=images, val_count=1, test_count=0)
     with pytest.raises(SdakdError, match=r"smaller than gt_size=72: b \(100x70\)"):
         StepBatches(tmp_path / "out", batch_size=1, gt_size=72, scale=4)
 
@@ -202,8 +226,8 @@ def test_bad_loader_arguments_are_refused(photos: Path) -> None:
         StepBatches(photos, gt_size=64, rank=2, world_size=2)
     with pytest.raises(SdakdError, match="unknown degradation"):
         StepBatches(photos, gt_size=64, degradation="blur")
-    with pytest.raises(SdakdError, match="split 'test' is unknown"):
-        StepBatches(photos, split="test", gt_size=64)
+    with pytest.raises(SdakdError, match="split 'holdout' is unknown"):
+        StepBatches(photos, split="holdout", gt_size=64)
 
 
 def test_val_pairs_are_scale_aligned_bicubic_pairs(photos: Path) -> None:

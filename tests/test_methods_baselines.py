@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import math
 import re
 from pathlib import Path
@@ -132,6 +133,49 @@ def test_dcd_upsamples_connector_maps_to_fit_the_unet_d(small_cfg, small_teacher
     assert [fitting_factor(12, 12), fitting_factor(16, 64), fitting_factor(12, 16), fitting_factor(13, 8)] == [2, 1, 2, 8]
     method = build(small_cfg("method=dcd"), small_teacher)
     assert method.phi(torch.rand(2, 3, 12, 12)).shape[-2:] == (24, 24)  # conv8 keeps the input size
+
+
+def _hooked(net: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of module `name` of `net` on `x`, through a plain forward hook."""
+    seen = []
+    handle = dict(net.named_modules())[name].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        net(x)
+    handle.remove()
+    return seen[0]
+
+
+def _connector_by_hand(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """1x1 conv without bias, batch-norm with the batch's statistics (biased variance), affine, ReLU."""
+    conv, bn = seq[0], seq[1]
+    y = F.conv2d(x, conv.weight)
+    mean, var = y.mean((0, 2, 3), keepdim=True), y.var((0, 2, 3), unbiased=False, keepdim=True)
+    y = (y - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    return y.clamp(min=0)
+
+
+def test_dcd_loss_equals_a_hand_computation(small_cfg, small_teacher) -> None:
+    """L_DCD = sum over taps of mean |phi_D(conn_S(F_S)) - phi_D(conn_T(F_T))|, recomputed outside the method:
+    features by plain hooks, connectors by their formula, phi_D by a hook on conv8 of copies of the D taken before
+    the method ran (its spectral norm advances one power iteration per D call: one per tap, on each side)."""
+    method = build(small_cfg("method=dcd", "methods.dcd.tap_every=1"), small_teacher)
+    step = first_step(method)
+    before = copy.deepcopy(method.nets)
+    teacher_d, student_d = copy.deepcopy(before["d"]), copy.deepcopy(before["d"])
+    loss = method.g_dcd(step).item()
+
+    phi_layer = method.options.phi_layer
+    expected = 0.0
+    for k, (t_name, s_name) in enumerate(zip(method.teacher_tap_names, method.student_tap_names)):
+        t_map = _connector_by_hand(before["teacher_connectors"][k], _hooked(small_teacher.g, t_name, step.lr))
+        s_map = _connector_by_hand(before["connectors"][k], _hooked(before["student_g"], s_name, step.lr))
+        factor = fitting_factor(*t_map.shape[-2:])
+        up = (lambda m: m.repeat_interleave(factor, 2).repeat_interleave(factor, 3))  # nearest, by hand
+        phi_t = _hooked(teacher_d, phi_layer, up(t_map))
+        phi_s = _hooked(student_d, phi_layer, up(s_map))
+        expected += (phi_s - phi_t).abs().mean().item()
+    assert len(method.teacher_tap_names) >= 2 and loss > 0
+    assert loss == pytest.approx(expected, rel=1e-5)
 
 
 # ---------------------------------------------------------------- CRD

@@ -53,3 +53,32 @@ def test_the_teacher_d_is_trained_here_against_the_frozen_teacher_and_cached(tmp
     out = capsys.readouterr().out
     assert '"d_source": "trained-here-against-teacher"' in out and "teacher_psnr_y" in out
     assert list((tmp_path / "out").glob("realesr-animevideov3*.png"))
+
+
+def test_a_method_without_a_teacher_is_scored_against_a_given_one_and_trains_the_same(tmp_path):
+    """vanilla never uses the teacher; with its weights given, its student is still compared with it (the
+    `_vs_teacher` metrics, so a tuned grid can hold every method to one objective), through the G alone: no D is
+    trained for it, and its student's initial weights are those of a run without the teacher."""
+    from sdakd.evaluate.validator import Validator
+    from sdakd.experiment import build_experiment
+    from sdakd.search.space import Space, check_metrics
+    from sdakd.teacher.cache import prepare_inputs
+
+    small = ["method=vanilla", "data.gt_size=32", "run.eval_max_images=1", "data.val_max_side=64",
+             f"run.cache_dir={tmp_path}"]
+    with_teacher = load_config("tiny", overrides=[*small, *ANIMEVIDEO[:3]])
+    data, teacher = prepare_inputs(with_teacher, torch.device("cpu"))
+    assert teacher.d is None and teacher.identity.startswith("realesr-animevideov3")
+    assert not list((tmp_path / "teachers").glob("d-*.pt"))  # no D trained for a method that never uses it
+    scores = Validator(with_teacher, data, teacher, torch.device("cpu")).student(teacher.g)
+    assert scores["psnr_y_vs_teacher"] > 80  # the teacher against itself (identical up to float noise)
+
+    space = Space(base={}, parameters={"loss.gan.weight": {"type": "loguniform", "low": 1e-3, "high": 0.1}},
+                  objectives=[{"metric": "psnr_y_vs_teacher", "mode": "max"}], samples=1)
+    check_metrics(space, with_teacher, tmp_path / "space.yaml")
+    without = load_config("tiny", overrides=[*small, *ANIMEVIDEO[1:3]])  # the same architecture, no weights
+    with pytest.raises(SdakdError, match="psnr_y_vs_teacher is unavailable.*trains without a teacher"):
+        check_metrics(space, without, tmp_path / "space.yaml")
+
+    a, b = (build_experiment(cfg).method.nets["student_g"].state_dict() for cfg in (with_teacher, without))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -41,8 +41,23 @@ def test_metrics_json_holds_quality_and_cost_of_teacher_and_student(tiny_run):
     assert m["info"]["perceptual_pretrained"] is False and "lpips" not in m["student"]  # never faked
     # no weights for LPIPS or FID here: absent from every result, listed with the field that would enable them
     assert not {"lpips", "lpips_vs_teacher", "fid", "kid"} & (set(m["student"]) | set(m["references"]))
-    assert set(m["unavailable"]) == {"lpips", "lpips_vs_teacher", "fid", "kid"} and m["metric_weights"] == {}
+    assert set(m["unavailable"]) == {"lpips", "lpips_vs_teacher", "fid", "kid", "niqe"} and m["metric_weights"] == {}
     assert m["unavailable"]["kid"].startswith("eval.fid.feature_weights: no FID weights given")
+
+
+def test_the_held_out_test_split_is_scored_apart_per_image(tiny_run):
+    """metrics.json keeps validation (`student`, `references`) and the held-out test images (`test`) apart; the
+    test means are the means of the per-image scores the paired statistics resample."""
+    out, _ = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    held_out = ["brick", "camera", "coins", "grass", "gravel", "moon"]
+    assert m["info"]["test_images"] == held_out
+    test = m["test"]
+    for name in ("psnr_y", "ssim_y", "psnr_y_vs_teacher"):
+        assert list(test["per_image"][name]) == held_out
+        assert test["student"][name] == pytest.approx(sum(test["per_image"][name].values()) / 6, abs=1e-9)
+        assert test["student"][name] != m["student"][name]  # other images than validation's
+    assert {"bicubic_psnr_y", "teacher_psnr_y"} <= set(test["references"])
 
 
 def test_the_tiny_teacher_learns(tiny_run):
@@ -60,3 +75,4 @@ def test_eval_scores_the_saved_student_like_training_did(tiny_run):
     scored = json.loads(proc.stdout[proc.stdout.index("{"):])
     trained = json.loads((out / "metrics.json").read_text())
     assert scored["student"]["psnr_y"] == pytest.approx(trained["student"]["psnr_y"], abs=1e-6)
+    assert scored["test"]["student"]["psnr_y"] == pytest.approx(trained["test"]["student"]["psnr_y"], abs=1e-6)

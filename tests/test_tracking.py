@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sdakd.ablate.grid import EXPERIMENT, load_grid
-from sdakd.ablate.report import mean_ci
+from sdakd.ablate.stats import mean_ci
 from sdakd.cli import main
 from sdakd.config.project import REPO_ROOT
 from sdakd.tracking.store import run_page
@@ -146,19 +147,26 @@ def test_report_table_parquet_and_plot(store, capsys, monkeypatch):
     assert main(["report", "smoke"]) == 0
     out = capsys.readouterr().out
     assert "| cell | method | seeds | PSNR-Y (dB) | SSIM-Y | PSNR vs teacher (dB) |" in out and "n=1" in out
-    assert "95 % CI" in out
+    assert "95 % CI" in out and "**Paired differences to full**" in out and "**Each method's own knobs**" in out
     table = pq.read_table(store.root / "reports" / "smoke.parquet").to_pylist()
-    assert (store.root / "reports" / "smoke.png").stat().st_size > 10_000
+    assert (store.root / "reports" / "smoke-bars.png").stat().st_size > 10_000
+    assert not (store.root / "reports" / "smoke.png").exists()  # one student size: no quality-vs-MACs scatter
     runs = {r.data.tags["sdakd.cell"]: r.data.metrics for r in store.children("smoke")}
     assert [row["cell"] for row in table] == ["full", "no_fm", "vanilla"]
     for row in table:
         metrics = runs[row["cell"]]
         assert row["n"] == 1 and row["seeds"] == [0] and row["psnr_y_ci95"] is None
-        assert row["psnr_y_mean"] == pytest.approx(metrics["student.psnr_y"])
+        # the report reads the held-out test images only, never the validation numbers that chose configs
+        assert row["psnr_y_mean"] == pytest.approx(metrics["test.student.psnr_y"])
+        assert row["psnr_y_mean"] != pytest.approx(metrics["student.psnr_y"])
         assert row["macs_mean"] == pytest.approx(metrics["cost.student.macs"])
         assert row["device_seconds_mean"] == pytest.approx(metrics["device_seconds"])
+        if row["cell"] != "full":  # one seed: the paired difference and its bootstrap over the 2 test images
+            assert row["psnr_y_diff"] == pytest.approx(metrics["test.student.psnr_y"] - runs["full"]["test.student.psnr_y"])
+            assert row["psnr_y_p_t"] is None and row["psnr_y_p_boot"] is not None
+    assert json.loads(table[0]["knobs"]) == {"loss.fm.weight": 1.0, "loss.gan.weight": 0.005, "student_d.width": 0.5}
     (parent,) = store.parents("smoke")
-    assert {"report/smoke.md", "report/smoke.parquet", "report/smoke.png"} <= store.artifacts(parent.info.run_id)
+    assert {"report/smoke.md", "report/smoke.parquet", "report/smoke-bars.png"} <= store.artifacts(parent.info.run_id)
 
 
 def test_confidence_interval_uses_the_t_distribution():

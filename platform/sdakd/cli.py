@@ -98,7 +98,8 @@ def cmd_teacher_import(args: argparse.Namespace) -> None:
 def cmd_data_build(args: argparse.Namespace) -> None:
     from sdakd.data import build_dataset
 
-    manifest = build_dataset(args.out, images_dir=args.images, min_side=args.min_side)
+    manifest = build_dataset(args.out, images_dir=args.images, val_count=args.val, test_count=args.test,
+                             min_side=args.min_side)
     print(f"wrote {manifest}")
 
 
@@ -128,14 +129,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0 if ablate(args.grid, seeds=args.seeds, force=args.force, uri=args.tracking_uri) else 1
 
 
-def cmd_report(args: argparse.Namespace) -> None:
+def _names_a_search_space(name: str) -> bool:
+    """A name only search_spaces/ has, or a YAML file holding a space's `parameters:` and no grid's `cells:`."""
+    from sdakd.config.load import read_yaml
     from sdakd.config.project import project_names
 
-    if args.search or (args.grid in project_names("search_spaces") and args.grid not in project_names("ablations")):
-        from sdakd.search.space import load_space
-        from sdakd.search.summary import best_table, load_summary, search_folder
+    if name in project_names("ablations") or name in project_names("search_spaces"):
+        return name not in project_names("ablations")
+    data = read_yaml(name, kind="YAML file") if Path(name).is_file() else {}
+    return "parameters" in data and "cells" not in data
 
-        space, base = load_space(args.grid, args.overrides)
+
+def cmd_report(args: argparse.Namespace) -> None:
+    if args.search or _names_a_search_space(args.grid):
+        from sdakd.search.summary import best_table, load_named_space, load_summary, search_folder
+
+        space, base = load_named_space(args.grid, args.overrides)
         print(best_table(load_summary(space, search_folder(space, base))))
         return
     from sdakd.ablate.report import report
@@ -215,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--images", type=Path, help="image folder; default: the photos scikit-image ships")
     build.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
     build.add_argument("--min-side", type=int, default=64, help="refuse images smaller than this (the GT crop)")
+    build.add_argument("--val", type=int, default=2, help="validation images (searches and ASHA decide on them)")
+    build.add_argument("--test", type=int, default=None,
+                       help="held-out test images, the only ones reports read (default 2; the bundled photos: "
+                            "scikit-image's six held-out photos)")
     build.set_defaults(handler=cmd_data_build)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained student (run folder or checkpoint)")

@@ -17,7 +17,7 @@ from sdakd.config.load import absolute_paths, dump_yaml, validate
 from sdakd.config.schema import ExperimentConfig
 from sdakd.engine.checkpoint import LAST, load_checkpoint
 from sdakd.errors import SdakdError
-from sdakd.evaluate.validator import cost, cost_side
+from sdakd.evaluate.validator import Validator, cost, cost_side
 from sdakd.experiment import Experiment, out_dir_for
 from sdakd.files import fingerprint
 
@@ -40,6 +40,10 @@ def final_metrics(exp: Experiment) -> dict[str, Any]:
     student = engine.eval_generator()
     repeats = cfg.run.latency_repeats
     metrics: dict[str, Any] = {"student": exp.validator.student(student)} | {"references": exp.validator.references()}
+    # The held-out split: only reports read it (no stage end, search or ASHA rung sees it).
+    test = Validator(cfg, exp.data, exp.teacher, exp.device, split="test")
+    if test.pairs:
+        metrics["test"] = test.report(student)
     metrics["cost"] = {"student": cost(student, exp.device, repeats)}
     if exp.teacher is not None:
         metrics["cost"]["teacher"] = cost(exp.teacher.g, exp.device, repeats)
@@ -58,6 +62,7 @@ def final_metrics(exp: Experiment) -> dict[str, Any]:
         "teacher_d_source": exp.teacher.d_source if exp.teacher else None,
         "perceptual_pretrained": cfg.loss.perceptual.vgg_weights is not None,
         "dataset_checksum": exp.data.checksum,
+        "test_images": [pair[0] for pair in test.pairs],
         "cost_input": f"1x3x{cost_side(student)}x{cost_side(student)} generator input",
         "timings_s": exp.timings,
     }

@@ -2,7 +2,8 @@
 
 A grid is a base config (a preset and/or a config file, plus dotted-path overrides), its seeds, named cells (each a
 mapping of dotted-path overrides on the base) and the baseline methods to compare against (the base config with
-`method` set to each). Cells are identified by their config hash, so a rerun finds what already finished.
+`method` set to each). Cells are identified by their config hash, so a rerun finds what already finished; a grid
+by its file (config/origin.py), so a grid passed by path runs, dedupes and reports as itself.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field
 
+from sdakd.ablate.tune import TuneBudget
 from sdakd.config.identity import config_hash, identity_dict, stable_hash
 from sdakd.config.load import absolute_paths, with_overrides
+from sdakd.config.origin import named_by_origin
 from sdakd.config.project import Base, base_config, load_project_yaml
 from sdakd.config.schema import ExperimentConfig, Frozen
 from sdakd.errors import SdakdError
@@ -33,6 +36,9 @@ class Grid(Frozen):
     seeds: list[int] = Field([0], min_length=1)
     cells: dict[str, dict[str, Any]] = Field(min_length=1, description="cell name -> {dotted.path: value}")
     baselines: list[str] = Field(default_factory=list, description="methods run on the base config")
+    reference: str | None = Field(None, description="the cell or baseline the report's paired differences are to; "
+                                  "None = the first cell")
+    tune: TuneBudget | None = Field(None, description="tune every cell and baseline before its seeds run")
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,22 @@ class Cell:
 
 
 def load_grid(name: str, seeds: Sequence[int] | None = None) -> tuple[Grid, list[Cell]]:
-    """The grid and its cells x seeds (`seeds` replaces the file's); any bad field fails here, naming the file."""
+    """The grid (named by its origin) and its cells x seeds (`seeds`, from --seeds, replaces the file's); any bad
+    field fails here, naming the file."""
     grid, path = load_project_yaml(Grid, GRIDS_DIR, name, "ablation grid")
+    grid = named_by_origin(grid, path, GRIDS_DIR, "ablation grid")
+    if seeds:
+        check_distinct(seeds, f"--seeds {','.join(map(str, seeds))}")
+    check_distinct(grid.seeds, f"ablation grid {path}: seeds")
     return grid, expand(grid, path, seeds or grid.seeds)
+
+
+def check_distinct(seeds: Sequence[int], where: str) -> None:
+    """A seed listed twice is refused rather than dropped: it is more likely a typo (0,0 for 0,1) than a wish,
+    and a run of the same config and seed twice would only repeat the first."""
+    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if twice:
+        raise SdakdError(f"{where}: seed {', '.join(map(str, twice))} is listed more than once; list each seed once")
 
 
 def expand(grid: Grid, path: Path, seeds: Sequence[int]) -> list[Cell]:
@@ -72,6 +91,9 @@ def expand(grid: Grid, path: Path, seeds: Sequence[int]) -> list[Cell]:
             )
         if method in grid.cells:
             raise SdakdError(f"ablation grid {path}: baseline {method!r} has the name of a cell; rename the cell")
+    if grid.reference is not None and grid.reference not in [*grid.cells, *grid.baselines]:
+        raise SdakdError(f"ablation grid {path}: reference {grid.reference!r} is not a cell or baseline; allowed: "
+                         f"{', '.join([*grid.cells, *grid.baselines])}")
     entries = [(name, "cell", overrides) for name, overrides in grid.cells.items()]
     entries += [(method, "baseline", {"method": method}) for method in grid.baselines]
     cells = []

@@ -23,12 +23,16 @@ SAMPLE_PHOTOS = (
     "chelsea.png",
     "coffee.png",
 )
+# The test split, held out from training and from every choice a search or ASHA makes: scikit-image's grayscale
+# photographs (the cameraman, coins, the moon) and textures (brick, grass, gravel), stored as RGB. Textures are
+# where a GAN teacher's hallucinated detail shows, and none of them is a crop of a training or validation photo.
+HELD_OUT_PHOTOS = ("brick.png", "camera.png", "coins.png", "grass.png", "gravel.png", "moon.png")
 
 
-def sample_photo_paths() -> list[Path]:
-    """Paths of the bundled photos inside the installed scikit-image package."""
+def sample_photo_paths(names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
+    """Paths of the bundled photos (`names`) inside the installed scikit-image package."""
     root = Path(str(files("skimage.data")))
-    paths = [root / name for name in SAMPLE_PHOTOS]
+    paths = [root / name for name in names]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise SdakdError(

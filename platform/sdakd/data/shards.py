@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -18,13 +17,14 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from sdakd.data.samples import sample_photo_paths
+from sdakd.data.replace import check_replaceable, swap_in
+from sdakd.data.samples import HELD_OUT_PHOTOS, sample_photo_paths
 from sdakd.errors import SdakdError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
-DATASET_FILE = re.compile(r"manifest\.json(\.tmp)?|(train|val)-\d+\.parquet")  # what a dataset folder holds
+DATASET_FILE = re.compile(r"manifest\.json(\.tmp)?|(train|val|test)-\d+\.parquet")  # what a dataset folder holds
 FORMAT = "sdakd-shards/1"
 SCHEMA = pa.schema(
     [
@@ -42,41 +42,40 @@ def build_dataset(
     out_dir: str | Path,
     images_dir: str | Path | None = None,
     val_count: int = 2,
+    test_count: int | None = None,
     max_side: int | None = 512,
     min_side: int = 0,
     rows_per_shard: int = 256,
 ) -> Path:
-    """Write `train-*.parquet`, `val-*.parquet` and `manifest.json` into `out_dir`; return the manifest path.
+    """Write `{train,val,test}-*.parquet` and `manifest.json` into `out_dir`; return the manifest path.
 
-    Images are sorted by name and the last `val_count` form the validation split, so the split depends only on
-    the names. Images whose longest side exceeds `max_side` are downscaled (bicubic) to keep CPU work small;
+    Images are sorted by name; the last `test_count` (default 2) form the test split and the `val_count` before
+    them the validation split, so the splits depend only on the names. The bundled photos (no `images_dir`) keep
+    their fixed order and take scikit-image's held-out photos as the test split. No image (by content) may sit in
+    two splits. Images whose longest side exceeds `max_side` are downscaled (bicubic) to keep CPU work small;
     `min_side` (the GT crop) is checked on the stored size. The dataset is written into a folder beside `out_dir`
     and swapped in only when complete: a failed build leaves the dataset already there as it was.
     """
     out = Path(out_dir)
-    sources = _image_files(images_dir)
     _require_int("val_count", val_count, 0)
+    if test_count is not None:
+        _require_int("test_count", test_count, 0)
     _require_int("min_side", min_side, 0)
     _require_int("rows_per_shard", rows_per_shard, 1)
     if max_side is not None:
         _require_int("max_side", max_side, 1)
-    if val_count >= len(sources):
-        raise SdakdError(
-            f"val_count={val_count} leaves no training image: {_source_label(images_dir)} holds {len(sources)} "
-            f"images; allowed: 0..{len(sources) - 1}"
-        )
+    sources = _split_sources(images_dir, val_count, test_count)
     if max_side is not None and min_side > max_side:
         raise SdakdError(f"min_side={min_side} exceeds max_side={max_side}; allowed: min_side <= max_side")
-    _check_replaceable(out)
-    sizes = [_stored_size(path, max_side, min_side) for path in sources]
+    check_replaceable(out, DATASET_FILE)
+    sizes = [_stored_size(path, max_side, min_side) for path, _ in sources]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        splits = ["train"] * (len(sources) - val_count) + ["val"] * val_count
-        shards, entries = [], []
+        shards, entries, files = [], [], {}
         for split in SPLITS:
-            items = [(path, size) for path, size, s in zip(sources, sizes, splits) if s == split]
+            items = [(path, size) for (path, s), size in zip(sources, sizes) if s == split]
             for k, start in enumerate(range(0, len(items), rows_per_shard)):
                 # encode one shard at a time: memory stays bounded by rows_per_shard images
                 rows = [_row(path, size, split) for path, size in items[start : start + rows_per_shard]]
@@ -84,47 +83,54 @@ def build_dataset(
                 pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
                 shards.append({"file": path.name, "split": split, "rows": len(rows), "sha256": _file_sha256(path)})
                 entries += [(split, row["name"], row["sha256"]) for row in rows]
+                files |= {(split, row["name"]): p for row, (p, _) in zip(rows, items[start:])}
+        _check_disjoint(entries, files)
         manifest = {
             "format": FORMAT,
             "source": _source_label(images_dir),
             "max_side": max_side,
-            "counts": {split: splits.count(split) for split in SPLITS},
+            "counts": {split: sum(s == split for _, s in sources) for split in SPLITS},
             "shards": shards,
             "checksum": _content_checksum(entries),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_in(staging, out)
+        swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out / MANIFEST
 
 
-def _check_replaceable(out: Path) -> None:
-    """`out` may be replaced whole: it is missing, empty or a dataset folder (never someone's other files)."""
-    if out.exists() and not out.is_dir():
-        raise SdakdError(f"out_dir {out} exists and is not a folder")
-    foreign = sorted(p.name for p in out.iterdir() if not DATASET_FILE.fullmatch(p.name)) if out.is_dir() else []
-    if foreign:
+def _split_sources(images_dir: str | Path | None, val_count: int, test_count: int | None) -> list[tuple[Path, str]]:
+    """(image, split) for every source image: ..., train, val x val_count, test x test_count, in name order."""
+    if images_dir is None:
+        photos = sample_photo_paths()
+        held_out = [(path, "test") for path in sample_photo_paths(HELD_OUT_PHOTOS)] if test_count is None else []
+        sources, test_count = photos, 0 if test_count is None else test_count
+    else:
+        sources, held_out = _image_files(images_dir), []
+        test_count = 2 if test_count is None else test_count
+    if val_count + test_count >= len(sources):
         raise SdakdError(
-            f"out_dir {out} holds files that are not part of a dataset ({', '.join(foreign[:4])}); "
-            "name a new or empty folder, or a dataset folder to rebuild"
+            f"val_count={val_count} and test_count={test_count} leave no training image: "
+            f"{_source_label(images_dir)} holds {len(sources)} images; allowed: val_count + test_count <= "
+            f"{len(sources) - 1}"
         )
+    train = len(sources) - val_count - test_count
+    splits = ["train"] * train + ["val"] * val_count + ["test"] * test_count
+    return list(zip(sources, splits)) + held_out
 
 
-def _swap_in(staging: Path, out: Path) -> None:
-    """Put the complete dataset in `staging` at `out` by renames; the old one is kept until the new one is there."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old)  # onto the empty folder mkdtemp made
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _check_disjoint(entries: list[tuple[str, str, str]], files: dict[tuple[str, str], Path]) -> None:
+    """The same image (by the sha256 of its stored pixels) in two splits would leak the test into training."""
+    seen: dict[str, tuple[str, str]] = {}
+    for split, name, digest in entries:
+        other = seen.setdefault(digest, (split, name))
+        if other[0] != split:
+            raise SdakdError(
+                f"{files[other]} ({other[0]}) and {files[(split, name)]} ({split}) are the same image: a split "
+                "must not share images with another; remove one of them"
+            )
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -162,7 +168,7 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
             raise SdakdError(f"{path}: shards[{i}] rows or split do not match {shard_path.name}; rebuild")
         counts[shard["split"]] += table.num_rows
         entries += zip(splits, names, hashes)
-    if counts != manifest["counts"]:
+    if counts != dict.fromkeys(SPLITS, 0) | manifest["counts"]:  # manifests from before the test split lack it
         raise SdakdError(f"{path}: field 'counts' {manifest['counts']} does not match the shards ({counts})")
     if _content_checksum(entries) != manifest["checksum"]:
         raise SdakdError(f"{path}: field 'checksum' does not match the shard contents; rebuild the dataset")
@@ -188,9 +194,7 @@ def read_split(data_dir: str | Path, split: str) -> list[tuple[str, torch.Tensor
     return sorted(images, key=lambda item: item[0])
 
 
-def _image_files(images_dir: str | Path | None) -> list[Path]:
-    if images_dir is None:
-        return sample_photo_paths()
+def _image_files(images_dir: str | Path) -> list[Path]:
     folder = Path(images_dir)
     if not folder.exists():
         raise SdakdError(f"images_dir {folder} does not exist")

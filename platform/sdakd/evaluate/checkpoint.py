@@ -58,8 +58,10 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, 
     student = trained_student(cfg, path).to(device)
     data, teacher = prepare_inputs(cfg, device)
     validator = Validator(cfg, data, teacher, device)
+    test = Validator(cfg, data, teacher, device, split="test")
     return {
         "student": validator.student(student),
         "references": validator.references(),
+        **({"test": test.report(student)} if test.pairs else {}),
         "cost": cost(student, device, cfg.run.latency_repeats),
     }

@@ -25,6 +25,10 @@ class AKDGOptions(GANOptions):
 @METHODS.register("akdg")
 class AKDG(Method):
     Options = AKDGOptions
+    tunable = {
+        "methods.akdg.lambda_kd": {"type": "loguniform", "low": 0.1, "high": 10.0},
+        "loss.gan.weight": {"type": "loguniform", "low": 1.0e-4, "high": 0.1},
+    }
 
     def build(self) -> dict[str, nn.Module]:
         student_width = self.cfg.student_d.width

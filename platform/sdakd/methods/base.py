@@ -77,6 +77,9 @@ class Method:
     name: ClassVar[str] = ""  # set by METHODS.register
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_teacher: ClassVar[bool] = True
+    # This method's own knobs, as search-space parameters (dotted path -> distribution): what a grid's `tune:`
+    # searches for it, so that every method gets the same tuning budget over what it alone adds.
+    tunable: ClassVar[dict[str, dict[str, Any]]] = {}
     # Which nets each optimizer trains; a name absent from `nets` is simply skipped.
     g_nets: ClassVar[tuple[str, ...]] = ("student_g", "adapters", "connectors")
     d_nets: ClassVar[tuple[str, ...]] = ("d", "d_kd")

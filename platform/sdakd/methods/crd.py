@@ -31,6 +31,7 @@ class CRDOptions(BaseModel):
 @METHODS.register("crd")
 class CRD(Method):
     Options = CRDOptions
+    tunable = {"methods.crd.weight": {"type": "loguniform", "low": 1.0, "high": 100.0}}
 
     def build(self) -> dict[str, nn.Module]:
         if self.cfg.data.gt_size < self.options.patch:

@@ -13,5 +13,7 @@ from sdakd.methods.registry import METHODS
 
 @METHODS.register("output_kd")
 class OutputKD(Method):
+    tunable = {"loss.teacher_output.weight": {"type": "loguniform", "low": 0.1, "high": 10.0}}
+
     def stages(self) -> list[Stage]:
         return self.three_stages({}, {}, {}, warm_d=False)

@@ -51,6 +51,11 @@ class SDAKDOptions(GANOptions):
 @METHODS.register("sdakd")
 class SDAKD(Method):
     Options = SDAKDOptions
+    tunable = {
+        "loss.fm.weight": {"type": "loguniform", "low": 0.01, "high": 10.0},
+        "loss.gan.weight": {"type": "loguniform", "low": 1.0e-4, "high": 0.1},
+        "student_d.width": {"type": "choice", "values": [0.125, 0.25, 0.5, 1.0]},
+    }
 
     def build(self) -> dict[str, nn.Module]:
         nets = super().build()

@@ -17,6 +17,7 @@ from sdakd.models.from_config import discriminator
 @METHODS.register("vanilla")
 class Vanilla(Method):
     Options = GANOptions
+    tunable = {"loss.gan.weight": {"type": "loguniform", "low": 1.0e-4, "high": 0.1}}
     uses_teacher = False  # the pipeline builds no teacher, and `Step` refuses to reach one
 
     def build(self) -> dict[str, nn.Module]:

@@ -1,8 +1,10 @@
 """`sdakd ablate NAME`: the grid's pending cells as Ray Tune trials, each an MLflow run under the grid's parent.
 
 A cell whose config hash already has a FINISHED run under the parent is skipped, so rerunning a grid by name
-resumes it; failed cells run again; `force` reruns everything. The dataset and the teachers are built here, once,
-before Ray starts: concurrent cells then only read the caches instead of pretraining the same teacher twice.
+resumes it; failed cells run again; `force` reruns everything. The driver locks each cell it trains
+(tracking/cell_locks.py): a second driver waits for it, and a RUNNING run left by a dead driver is failed and rerun.
+The dataset and the teachers are built here, once, before Ray starts: concurrent cells then only read the caches
+instead of pretraining the same teacher twice.
 """
 
 from __future__ import annotations
@@ -17,47 +19,58 @@ from ray import tune
 
 from sdakd.ablate.grid import EXPERIMENT, ROLE, Cell, load_grid
 from sdakd.ablate.report import report
+from sdakd.ablate.tune import apply_winners, studies
 from sdakd.config.load import with_overrides
 from sdakd.engine.checkpoint import LAST, linked_folder
 from sdakd.engine.device import resolve_device
 from sdakd.engine.loop import Diverged
 from sdakd.pipeline import train
 from sdakd.ray_adapter.cluster import connect, raised, storage_root
+from sdakd.ray_adapter.tune_cells import run_studies
 from sdakd.teacher.cache import prepare_inputs
+from sdakd.tracking.cell_locks import CellLocks, claim_cells, lock_folder
 from sdakd.tracking.run import failure, tracked_run
 from sdakd.tracking.store import CELL_KEY, Store, git_tags, resolve_uri
 
 
 def ablate(name: str, seeds: Sequence[int] | None = None, force: bool = False, uri: str | None = None) -> bool:
-    """Run the grid's pending cells and print the report; False when a cell failed (it reruns next time)."""
+    """Run the grid (`name`: a grid name or file) and print the report; False when a cell failed (it reruns next
+    time)."""
     grid, cells = load_grid(name, seeds)
+    if grid.tune:  # each cell's own study first (finished ones are read back), then its winner's seeds
+        cells = apply_winners(cells, run_studies(studies(grid, cells), uri))
     store = Store(resolve_uri(uri, cells[0].cfg.run.tracking_uri))
     experiment_id = store.experiment(EXPERIMENT)
+    locks = CellLocks(lock_folder(store.uri))
+    locks.take(f"grid-{grid.name}", block=True)  # two first runs of a grid make one parent, not two
     parent = store.parent(experiment_id, ROLE, grid.name)
-    done = set() if force else store.finished_hashes(parent)
-    todo = [c for c in cells if c.hash not in done]
-    print(f"grid {grid.name}: {len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run")
+    locks.release(f"grid-{grid.name}")
     failed: dict[str, BaseException] = {}
     ok = False
     try:
+        pending = claim_cells(store, parent, {c.hash: c.run_name for c in cells}, locks, force)
+        todo = [c for c in cells if c.hash in pending]
+        source = "" if name == grid.name else f" ({name})"
+        print(f"grid {grid.name}{source}: {len(cells)} runs, {len(cells) - len(todo)} already finished, "
+              f"{len(todo)} to run")
         if todo:
             jobs = [placed(c, grid.name) for c in todo]
             device = resolve_device("auto")  # not the cells' device: a cell pinned to a missing GPU fails as a cell
             for job in jobs:
                 prepare_inputs(job.cfg, device)
-            failed = run_cells(jobs, store.uri, experiment_id, parent, grid.name)
+            failed = run_cells(jobs, store.uri, experiment_id, parent, grid.name, command=f"sdakd ablate {name}")
         ok = not failed
     finally:
+        locks.release_all()
         store.close(parent, ok)
-    report(grid.name, store=store)
+    report(name, store=store)  # `name` again: the report finds the same file, hence the same grid
     print(store.ui_hint(experiment_id, parent))
     for run_name, error in failed.items():
         if isinstance(error, Diverged):  # the same config and seed diverge again: a rerun would only repeat it
-            print(f"failed: {run_name}: {error}; rerunning `sdakd ablate {grid.name}` repeats this cell's config and "
+            print(f"failed: {run_name}: {error}; rerunning `sdakd ablate {name}` repeats this cell's config and "
                   "seed, so it will diverge again unless the grid changes its config")
         else:
-            print(f"failed: {run_name}: {failure(error)[0]} (its run is marked FAILED; rerun `sdakd ablate "
-                  f"{grid.name}`)")
+            print(f"failed: {run_name}: {failure(error)[0]} (its run is marked FAILED; rerun `sdakd ablate {name}`)")
     return not failed
 
 
@@ -69,14 +82,15 @@ def placed(cell: Cell, grid: str) -> Cell:
 
 
 def run_cells(
-    cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, grid: str
+    cells: Sequence[Cell], uri: str, experiment_id: str, parent: str, grid: str, command: str
 ) -> dict[str, BaseException]:
     """One Tune trial per cell, as many at once as the cluster has CPUs (one each); returns the failed runs'
     names and what each raised."""
     started = connect()  # a caller's Ray (a cluster, a test) is used and left running
     gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     jobs = {f"{i:03d}-{c.run_name}": c for i, c in enumerate(cells)}
-    context = {"uri": uri, "experiment_id": experiment_id, "parent": parent, "grid": grid, "tags": git_tags()}
+    context = {"uri": uri, "experiment_id": experiment_id, "parent": parent, "grid": grid, "command": command,
+               "tags": git_tags()}
     trainable = tune.with_resources(tune.with_parameters(run_cell, jobs=jobs, context=context), {"cpu": 1, "gpu": gpu})
     tuner = tune.Tuner(
         trainable,
@@ -111,7 +125,7 @@ def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, A
     }
     run = (context["uri"], context["experiment_id"], context["parent"], cell.run_name, cell.cfg, tags)
     with tracked_run(*run) as tracker:
-        command = f"sdakd ablate {context['grid']}  # cell {cell.name}, seed {cell.cfg.seed}"
+        command = f"{context['command']}  # cell {cell.name}, seed {cell.cfg.seed}"
         exp = train(cell.cfg, callbacks=[tracker], command=command)
         tracker.on_done(exp, exp.metrics)
     # The node's run folder may not outlive it: Tune copies the final training state and the student to storage.

@@ -2,7 +2,7 @@
 stopping weak ones after each stage. What is not Ray (the trial itself, the prefix cache, the summary) lives in
 `sdakd.search`; what is MLflow in `sdakd.tracking.search`.
 
-Layout of a search folder (`run.out_dir` of the base config, default runs/search-<name>):
+Layout of a search folder (`run.out_dir` of the base config, default runs/search-<name>, config/origin.py):
   tune/        the Tune experiment (trial folders, per-stage checkpoints); `--resume` restores it. With a
                storage root (run.storage_path or env SDAKD_STORAGE_PATH, e.g. a cluster's bucket) it lives
                there instead, as <storage>/<this folder's name>
@@ -49,10 +49,11 @@ from sdakd.config.schema import ExperimentConfig
 from sdakd.engine.device import resolve_device
 from sdakd.errors import SdakdError
 from sdakd.ray_adapter.cluster import check_fits, connect, raised, storage_root
+from sdakd.ray_adapter.optuna_search import ResumableOptunaSearch
 from sdakd.ray_adapter.search_callbacks import Progress, TrialRunsCallback
-from sdakd.ray_adapter.trial import tune_trial
-from sdakd.search.space import Constraint, Space, Suggest, load_space
-from sdakd.search.summary import Summary, TrialRow, fail_orphans, search_folder, summarize
+from sdakd.ray_adapter.trial import one_worker_placement, tune_trial
+from sdakd.search.space import Space, Suggest
+from sdakd.search.summary import Summary, TrialRow, fail_orphans, load_named_space, search_folder, summarize
 from sdakd.search.trial import run_trial
 from sdakd.teacher.cache import prepare_inputs
 from sdakd.tracking.run import failure, record_failure
@@ -79,7 +80,7 @@ def run_named(
 ) -> Summary:
     if samples is not None and samples < 1:
         raise SdakdError(f"--samples {samples}: a search needs at least 1 trial (--samples >= 1)")
-    space, base = load_space(name, overrides)
+    space, base = load_named_space(name, overrides)
     if samples is not None:
         if resume:
             raise SdakdError("--samples cannot change on --resume: the restored search keeps its trial count")
@@ -87,8 +88,11 @@ def run_named(
     return search(space, base, resume=resume, tracking_uri=tracking_uri)
 
 
-def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracking_uri: str | None = None) -> Summary:
-    """Run (or resume) the search; everything that can be wrong with the input fails before Ray starts."""
+def search(
+    space: Space, base: ExperimentConfig, *, resume: bool | None = False, tracking_uri: str | None = None
+) -> Summary:
+    """Run (or resume) the search; everything that can be wrong with the input fails before Ray starts.
+    `resume=None`: resume when there is a search to resume, else start (a grid's tuning studies)."""
     folder = search_folder(space, base)
     # Tune's experiment (trial folders, checkpoints, what --resume restores): in the configured storage (a
     # cluster's bucket), named after the search folder, else in the search folder itself.
@@ -96,6 +100,8 @@ def search(space: Space, base: ExperimentConfig, *, resume: bool = False, tracki
     tune_storage, tune_name = (storage.rstrip("/"), folder.name) if storage else (str(folder), "tune")
     experiment = f"{tune_storage}/{tune_name}"
     trials = snapshot_trials(experiment)
+    if resume is None:
+        resume = bool(trials)
     if resume and not trials:
         raise SdakdError(f"nothing to resume: {experiment} holds no trial of a search (run it without --resume)")
     if not resume and trials:
@@ -194,31 +200,6 @@ class TrialRunsWithReasons(TrialRunsCallback):
                 record_failure(tracker.client, tracker.run_id, raised(pickle.load(file)))
 
 
-class ResumableOptunaSearch(OptunaSearch):
-    """A killed driver may have told Optuna a trial finished after the last experiment snapshot; on --resume Tune
-    runs that trial on from its checkpoint and reports again. The study keeps its first, complete record.
-
-    With constraints, each trial's violations (from its last report; <= 0: satisfied) are set on its Optuna trial
-    (`Trial.set_constraint`) before Optuna hears it finished: the sampler prefers feasible trials."""
-
-    def __init__(self, *args: Any, constraints: Sequence[Constraint] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.constraints = list(constraints)
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._ot_trials:
-            for i, c in enumerate(self.constraints):  # a trial that never reported the metric counts as infeasible
-                value = c.violation(result[c.metric]) if result and c.metric in result else 1.0
-                self._ot_trials[trial_id].set_constraint(f"{i}:{c.metric}", value)
-        super().on_trial_complete(trial_id, result, error)
-
-
 def _searcher(space: Space, storage: str) -> OptunaSearch:
     objectives = space.objectives
     multi = len(objectives) > 1
@@ -263,7 +244,6 @@ def _trial(
     cfg = with_overrides(validate(base), Suggest.overrides(params) | {"run.out_dir": str(trial_dir / "run")})
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stage checkpoint
     samples = partial(log_samples, search_run, trial_id)  # a trial that trains all its stages shows its pictures
-    command = f"sdakd search  # trial {trial_id}"
     if resources["workers"] > 1:
         tune_trial(
             cfg,
@@ -279,7 +259,8 @@ def _trial(
     checkpoint = tune.get_checkpoint()
     resume = Path(checkpoint.to_directory()) / STATE_FILE if checkpoint else None
     torch.set_num_threads(max(1, int(resources["cpu"])))
-    run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume, on_final=samples, command=command)
+    run_trial(cfg, _report, prefix_cache=prefix_cache, resume=resume, on_final=samples,
+              command=f"sdakd search  # trial {trial_id}", placement=one_worker_placement())
 
 
 def _report(metrics: dict[str, Any], state_file: Path | None) -> None:

@@ -20,7 +20,7 @@ from sdakd.config.project import Base, base_config, load_project_yaml
 from sdakd.config.schema import ExperimentConfig, Frozen
 from sdakd.errors import SdakdError
 from sdakd.evaluate.registry import METRICS, unavailable
-from sdakd.methods import METHODS
+from sdakd.teacher.cache import scored_against_teacher
 
 SPACES_DIR = "search_spaces"
 # What a trial reports at every stage end (see sdakd.search.trial): the validator's metrics and the student's cost.
@@ -195,7 +195,7 @@ def load_space(name: str, overrides: Sequence[str] = ()) -> tuple[Space, Experim
 def check_metrics(space: Space, base: ExperimentConfig, path: Path) -> Space:
     """Every objective and constraint must be a metric the base config can compute (checked before any trial
     starts); an optional objective it cannot compute is dropped, with a note."""
-    missing = unavailable(base, METHODS.get(base.method).uses_teacher)
+    missing = unavailable(base, scored_against_teacher(base))
     dropped = [o for o in space.objectives if o.optional and o.metric in missing]
     for objective in dropped:
         print(f"search space {path.stem}: optional objective {objective.metric} left out: {missing[objective.metric]}")

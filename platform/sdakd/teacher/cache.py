@@ -104,8 +104,27 @@ def build_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) ->
     return Teacher(g, d, identity=identity, source="weights", d_source="trained-here-against-teacher").to(device)
 
 
+def scoring_teacher(cfg: ExperimentConfig, device: torch.device) -> Teacher | None:
+    """For a method that trains without a teacher: the configured teacher's G alone, to score the student against
+    it (the `_vs_teacher` metrics), when its weights are given; a teacher this platform would first have to train is
+    not trained for a method that never uses it."""
+    if cfg.teacher.weights is None:
+        return None
+    g = sr_generator(cfg)
+    path, identity, _ = weights_file(cfg)
+    load_weights(g, path)
+    return Teacher(g, None, identity=identity, source="weights").to(device)
+
+
+def scored_against_teacher(cfg: ExperimentConfig) -> bool:
+    """Whether a run of `cfg` has a teacher to compare its student with (see `scoring_teacher`)."""
+    return METHODS.get(cfg.method).uses_teacher or cfg.teacher.weights is not None
+
+
 def prepare_inputs(cfg: ExperimentConfig, device: torch.device) -> tuple[Dataset, Teacher | None]:
-    """The dataset and, for a method that distils from one, the teacher: built into the caches on first use (the
-    bundled shards, a pretrained teacher), loaded from them afterwards."""
+    """The dataset and the teacher (G and D for a method that distils, G alone to score one that does not):
+    built into the caches on first use (the bundled shards, a pretrained teacher), loaded from them afterwards."""
     data = ensure_dataset(cfg)
-    return data, build_teacher(cfg, data, device) if METHODS.get(cfg.method).uses_teacher else None
+    if METHODS.get(cfg.method).uses_teacher:
+        return data, build_teacher(cfg, data, device)
+    return data, scoring_teacher(cfg, device)

@@ -1,4 +1,5 @@
-"""The teacher: a frozen wrapper (eval mode, no grad, outside DDP) around a generator and its discriminator."""
+"""The teacher: a frozen wrapper (eval mode, no grad, outside DDP) around a generator and its discriminator (none
+when the teacher only scores a student that trains without it)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,20 @@ from sdakd.models import FeatureTaps, generate
 
 
 class Teacher:
-    def __init__(self, g: nn.Module, d: nn.Module, identity: str, source: str, d_source: str | None = None) -> None:
+    def __init__(
+        self, g: nn.Module, d: nn.Module | None, identity: str, source: str, d_source: str | None = None
+    ) -> None:
         self.g = g.eval().requires_grad_(False)
-        self.d = d.eval().requires_grad_(False)
+        self.d = d.eval().requires_grad_(False) if d is not None else None
         self.identity = identity  # what the teacher is: a weights file, a named teacher, or a pretrain cache key
         self.source = source  # the G's: "weights" | "pretrained-here"
         # the D's, where it differs: "trained-here-against-teacher" (its G came from weights, it did not)
-        self.d_source = d_source or source
+        self.d_source = (d_source or source) if d is not None else None
 
     def to(self, device: torch.device | str) -> "Teacher":
         self.g.to(device)
-        self.d.to(device)
+        if self.d is not None:
+            self.d.to(device)
         return self
 
     @torch.no_grad()

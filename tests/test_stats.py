@@ -1,0 +1,64 @@
+"""The report's statistics against scipy and against a hand computation."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from sdakd.ablate.stats import bootstrap, mean_ci, paired
+
+
+def test_the_paired_t_test_and_interval_equal_scipy_and_the_formula() -> None:
+    reference = {0: 28.1, 1: 27.9, 2: 28.4}
+    cell = {0: 28.6, 1: 28.0, 2: 28.9, 7: 99.0}  # seed 7 has no partner: left out
+    result = paired(reference, cell)
+    mine, ref = [28.6, 28.0, 28.9], [28.1, 27.9, 28.4]
+    assert result.n_seeds == 3
+    assert result.p_t == pytest.approx(scipy_stats.ttest_rel(mine, ref).pvalue, rel=1e-12)
+    diffs = np.subtract(mine, ref)
+    half = scipy_stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+    assert result.diff == pytest.approx(diffs.mean(), abs=1e-12) and result.ci95 == pytest.approx(half, rel=1e-12)
+    assert mean_ci([1.0]) == (1.0, None) and mean_ci([]) == (None, None)
+
+
+def test_one_seed_has_no_t_test_and_constant_differences_have_no_t_statistic() -> None:
+    assert paired({0: 1.0}, {0: 2.0}).p_t is None
+    assert paired({0: 1.0, 1: 2.0}, {0: 1.5, 1: 2.5}).p_t is None  # every difference 0.5: no variance
+    assert paired({0: 1.0}, {1: 2.0}) is None
+    images = {0: {f"im{i}": 1.0 for i in range(5)}}
+    shifted = {0: {f"im{i}": 2.0 + 0.01 * i for i in range(5)}}
+    one_seed = paired({0: 1.0}, {0: 2.02}, images, shifted)
+    assert one_seed.p_boot < 0.05 and not one_seed.significant  # one training run: its noise is unknown
+
+
+def test_the_two_level_bootstrap_equals_resampling_by_hand() -> None:
+    differences = np.array([[0.3, -0.1, 0.5, 0.2], [0.1, 0.0, 0.4, -0.2]])
+    low, high, p = bootstrap(differences, resamples=500, seed=3)
+    rng = np.random.default_rng(3)
+    seeds = rng.integers(2, size=(500, 2))
+    images = rng.integers(4, size=(500, 4))
+    means = np.array([differences[s][:, i].mean() for s, i in zip(seeds, images)])
+    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    assert p == pytest.approx(2 * min(np.mean(means <= 0), np.mean(means >= 0)), abs=1e-12)
+
+
+def test_the_bootstrap_over_images_of_one_seed_agrees_with_scipy() -> None:
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(0.4, 1.0, size=30)
+    low, high, _ = bootstrap(diffs[None, :], resamples=20_000)
+    theirs = scipy_stats.bootstrap((diffs,), np.mean, n_resamples=20_000, method="percentile", random_state=1)
+    assert low == pytest.approx(theirs.confidence_interval.low, abs=0.03)
+    assert high == pytest.approx(theirs.confidence_interval.high, abs=0.03)
+
+
+def test_a_clear_difference_is_significant_and_noise_is_not() -> None:
+    seeds = range(3)
+    ref_images = {s: {f"im{i}": 28.0 + 0.1 * i for i in range(6)} for s in seeds}
+    better = {s: {k: v + 0.5 + 0.01 * s for k, v in ref_images[s].items()} for s in seeds}
+    mixed = {s: {k: v + (0.3 if i % 2 else -0.3) for i, (k, v) in enumerate(ref_images[s].items())} for s in seeds}
+    mean = {s: float(np.mean(list(ref_images[s].values()))) for s in seeds}
+    for cell, expected in ((better, True), (mixed, False)):
+        cell_mean = {s: float(np.mean(list(cell[s].values()))) for s in seeds}
+        result = paired(mean, cell_mean, ref_images, cell)
+        assert result.n_images == 6 and result.significant is expected
