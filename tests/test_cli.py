@@ -49,7 +49,7 @@ def test_image_smaller_than_the_crop(capsys, tmp_path):
     for name, size in (("a", 96), ("b", 96), ("c", 96), ("small", 20)):
         Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(images / f"{name}.png")
     code, _, err = run_cli(capsys, "data", "build", "--images", str(images), "--out", str(tmp_path / "o"),
-                           "--min-side", "48")
+                           "--min-side", "48", "--val", "1", "--test", "1")
     assert_clear_error(code, err, "small.png", "20", "48")
     assert not (tmp_path / "o" / "manifest.json").exists()
 

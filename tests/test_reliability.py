@@ -197,11 +197,11 @@ def test_a_failed_rebuild_keeps_the_dataset(capsys, tmp_path):
     whole = (bad / "a.png").read_bytes()
     (bad / "a.png").write_bytes(whole[: len(whole) // 2])  # the header still reads; the pixels do not
     ds = tmp_path / "ds"
-    assert run_cli(capsys, "data", "build", "--images", good, "--out", ds, "--min-side", "32")[0] == 0
+    assert run_cli(capsys, "data", "build", "--images", good, "--out", ds, "--min-side", "32", "--test", "0")[0] == 0
     before = (ds / "manifest.json").read_text()
-    code, _, err = run_cli(capsys, "data", "build", "--images", bad, "--out", ds, "--min-side", "32")
+    code, _, err = run_cli(capsys, "data", "build", "--images", bad, "--out", ds, "--min-side", "32", "--test", "0")
     assert_one_error(code, err, f"{bad / 'a.png'} is not a readable image", "truncated")
-    assert (ds / "manifest.json").read_text() == before and load_manifest(ds)["counts"] == {"train": 2, "val": 2}
+    assert (ds / "manifest.json").read_text() == before and load_manifest(ds)["counts"] == {"train": 2, "val": 2, "test": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "good", "trunc"], "no half-built folder left"
 
 
@@ -210,9 +210,9 @@ def test_a_rebuild_replaces_the_dataset_whole_and_never_others_files(capsys, tmp
     many = write_photos(tmp_path / "many", [f"{i}.png" for i in range(6)])
     assert run_cli(capsys, "data", "build", "--images", many, "--out", ds, "--min-side", "32")[0] == 0
     few = write_photos(tmp_path / "few", ["x.png", "y.png", "z.png"])
-    assert run_cli(capsys, "data", "build", "--images", few, "--out", ds, "--min-side", "32")[0] == 0
-    assert load_manifest(ds)["counts"] == {"train": 1, "val": 2}
-    code, _, err = run_cli(capsys, "data", "build", "--images", few, "--out", few)
+    assert run_cli(capsys, "data", "build", "--images", few, "--out", ds, "--min-side", "32", "--test", "0")[0] == 0
+    assert load_manifest(ds)["counts"] == {"train": 1, "val": 2, "test": 0}
+    code, _, err = run_cli(capsys, "data", "build", "--images", few, "--out", few, "--test", "0")
     assert_one_error(code, err, f"out_dir {few} holds files that are not part of a dataset (x.png, y.png, z.png)")
     assert sorted(p.name for p in few.iterdir()) == ["x.png", "y.png", "z.png"]
 
