@@ -110,14 +110,13 @@ def finished_winners(found: Sequence[Study]) -> dict[str, dict[str, Any]]:
 
 
 def knobs(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The values of the method's own knobs in `cfg` (the tuned config a report shows)."""
-    values = cfg.to_dict()
+    """The values of the method's own knobs in `cfg` (the tuned config a report shows), read from its identity,
+    where the running method's options already carry their defaults."""
+    values = identity_dict(cfg)
     out = {}
     for dotted in METHODS.get(cfg.method).tunable:
         node: Any = values
         for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None and dotted.startswith("methods."):  # a method's options absent from `methods` = defaults
-            node = getattr(METHODS.get(cfg.method).Options(), dotted.rsplit(".", 1)[1])
+            node = node[part]
         out[dotted] = node
     return out

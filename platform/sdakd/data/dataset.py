@@ -24,11 +24,14 @@ def ensure_dataset(cfg: ExperimentConfig) -> Dataset:
     root = cfg.data.root
     if root is None:
         root = cfg.run.cache_dir / "data" / "bundled"
-        if not (root / "manifest.json").exists() or not load_manifest(root)["counts"].get("test"):
+        manifest = load_manifest(root) if (root / "manifest.json").exists() else None
+        if manifest is None or not manifest["counts"].get("test"):
             # (a cache from before the held-out test split is rebuilt: same train and val images, a test added)
             log.info("building the bundled-photo dataset in %s", root)
             build_dataset(root, images_dir=None, min_side=cfg.data.gt_size)
-    manifest = load_manifest(root)
+            manifest = load_manifest(root)
+    else:
+        manifest = load_manifest(root)
     return Dataset(Path(root), manifest["checksum"])
 
 
