@@ -1,0 +1,1 @@
+"""The command families of `sdakd` (cli.py assembles them)."""
