@@ -1,4 +1,4 @@
-"""Parquet shards + manifest, degradations, and the step-indexed loader."""
+"""The memory-mapped store + manifest, degradations, and the step-indexed loader."""
 
 from __future__ import annotations
 
@@ -43,13 +43,15 @@ def write_images(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------- shards + manifest
+# ---------------------------------------------------------------- store + manifest
 
 
-def test_build_dataset_writes_shards_and_a_verified_manifest(photos: Path) -> None:
+def test_build_dataset_writes_pixel_files_and_a_verified_manifest(photos: Path) -> None:
     manifest = load_manifest(photos)
     assert manifest["counts"] == {"train": 7, "val": 2, "test": 6}
-    assert [s["file"] for s in manifest["shards"]] == ["train-00000.parquet", "val-00000.parquet", "test-00000.parquet"]
+    assert [f["file"] for f in manifest["files"]] == ["train-00000.u8", "val-00000.u8", "test-00000.u8"]
+    train_bytes = sum(h * w * 3 for h, w in zip(manifest["images"]["train"]["height"], manifest["images"]["train"]["width"]))
+    assert (photos / "train-00000.u8").stat().st_size == train_bytes  # raw pixels, nothing else
     assert json.loads((photos / "manifest.json").read_text())["checksum"] == manifest["checksum"]
     train, val, test = (read_split(photos, split) for split in ("train", "val", "test"))
     assert [name for name, _ in val] == ["chelsea", "coffee"]  # the last two of SAMPLE_PHOTOS
@@ -86,13 +88,14 @@ def test_rebuilding_gives_the_same_content_checksum(photos: Path, tmp_path: Path
     assert load_manifest(tmp_path / "again")["checksum"] == load_manifest(photos)["checksum"]
 
 
-def test_a_tampered_shard_is_refused(photos: Path, tmp_path: Path) -> None:
+def test_a_tampered_pixel_file_is_refused(photos: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(photos, tmp_path / "copy")
-    shard = copy / "train-00000.parquet"
-    data = bytearray(shard.read_bytes())
+    load_manifest(copy)  # verified and stamped on this node
+    pixels = copy / "train-00000.u8"
+    data = bytearray(pixels.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    with pytest.raises(SdakdError, match="train-00000.parquet: sha256 differs"):
+    pixels.write_bytes(bytes(data))  # a new mtime: the stamp no longer vouches for it
+    with pytest.raises(SdakdError, match=r"train-00000\.u8 differs from its size or sha256"):
         load_manifest(copy)
 
 

@@ -120,7 +120,10 @@ class LossConfig(Frozen):
 
 
 class DataConfig(Frozen):
-    root: Path | None = Field(None, description="Parquet shard folder; None = the bundled photos (built on first use)")
+    root: Path | str | None = Field(
+        None, description="a dataset folder (sdakd data build), or its URI (s3://bucket/path, gs://, hdfs://; each "
+        "node copies it once into run.data_cache); None = the bundled photos (built on first use)",
+    )
     scale: Literal[1, 2, 4] = 4
     gt_size: int = Field(256, ge=8)
     batch_size: int = Field(12, ge=1, description="per worker")
@@ -134,6 +137,12 @@ class DataConfig(Frozen):
         "one to draw it more often), the LR comes upsampled back to gt_size and the factor goes to the generator "
         "as `cond`; needs scale 1, since the network's input is then at output size",
     )
+    @field_validator("root", mode="before")
+    @classmethod
+    def _uri_or_path(cls, value: object) -> object:
+        # a URI stays text (as a Path, s3://b would become s3:/b); anything else is a local path
+        return Path(value) if isinstance(value, str) and "://" not in value else value
+
     val_max_side: int | None = Field(None, ge=8, description="center-crop validation HR to bound eval cost")
     num_workers: int = Field(0, ge=0, description="loader processes (0 = in the training process)")
 
@@ -163,6 +172,9 @@ class RunConfig(Frozen):
 
     out_dir: Path | None = Field(None, description="None = runs/<method>-<hash>")
     cache_dir: Path = Path(".sdakd")
+    data_cache: Path | None = Field(
+        None, description="each node's copy of a data.root URI; None = ~/.cache/sdakd/datasets (node-local disk)"
+    )
     device: str = "auto"
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(50, ge=1)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdakd.data.degrade import DEGRADATIONS, bicubic_down, bicubic_up, degrade_per_sample
 from sdakd.data.draws import SecondOrderDraws, SecondOrderParams, draw_second_order
-from sdakd.data.shards import read_split
+from sdakd.data.store import SplitImages, read_split
 from sdakd.errors import SdakdError
 
 STEPS = 2**31 - 1  # "infinite": the engine decides how many steps it takes
@@ -67,17 +67,19 @@ class StepBatches(Dataset):
             raise SdakdError(f"rank={rank} is outside 0..{world_size - 1} (world_size={world_size})")
         DEGRADATIONS.get(degradation)  # refuses an unknown name, listing the known ones
         self.second_order, self.params = degradation == "second_order", SecondOrderParams()
-        images = read_split(data_dir, split)
-        if not images:
+        self.images = SplitImages(data_dir, split)  # memory-mapped: crops are read, never the whole split
+        if not len(self.images):
             raise SdakdError(f"{data_dir}: split {split!r} holds no images")
-        small = [f"{name} ({img.shape[2]}x{img.shape[1]})" for name, img in images if min(img.shape[1:]) < gt_size]
+        small = [
+            f"{name} ({w}x{h})"
+            for name, h, w in zip(self.images.names, self.images.heights, self.images.widths)
+            if min(h, w) < gt_size
+        ]
         if small:
             raise SdakdError(
-                f"{data_dir}: {split} images smaller than gt_size={gt_size}: {', '.join(small)}; "
+                f"{data_dir}: {split} images smaller than gt_size={gt_size}: {', '.join(small[:10])}; "
                 "lower gt_size or rebuild the dataset with larger images"
             )
-        self.names = [name for name, _ in images]
-        self.images = [img for _, img in images]  # uint8 (3, H, W), decoded once
         self.batch_size, self.gt_size, self.scale = batch_size, gt_size, scale
         self.seed, self.rank, self.world_size, self.flip = seed, rank, world_size, flip
         self.scales = tuple(scales) if scales else None
@@ -126,10 +128,10 @@ class StepBatches(Dataset):
         draws = draw_second_order(g, sample_seeds[rows].tolist(), self.params) if self.second_order else None
         hrs = []
         for i in range(rows.start, rows.stop):
-            img = self.images[int(picks[i])]
-            top = int(corners[i, 0] * (img.shape[1] - self.gt_size + 1))
-            left = int(corners[i, 1] * (img.shape[2] - self.gt_size + 1))
-            hr = img[:, top : top + self.gt_size, left : left + self.gt_size].float() / 255
+            k = int(picks[i])
+            top = int(corners[i, 0] * (int(self.images.heights[k]) - self.gt_size + 1))
+            left = int(corners[i, 1] * (int(self.images.widths[k]) - self.gt_size + 1))
+            hr = self.images.crop(k, top, left, self.gt_size).float() / 255
             hrs.append(hr.flip(-1) if self.flip and flips[i] else hr)
         return torch.stack(hrs), factors[rows], draws
 

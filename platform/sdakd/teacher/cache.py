@@ -123,7 +123,7 @@ def scored_against_teacher(cfg: ExperimentConfig) -> bool:
 
 def prepare_inputs(cfg: ExperimentConfig, device: torch.device) -> tuple[Dataset, Teacher | None]:
     """The dataset and the teacher (G and D for a method that distils, G alone to score one that does not):
-    built into the caches on first use (the bundled shards, a pretrained teacher), loaded from them afterwards."""
+    built into the caches on first use (the bundled dataset, a pretrained teacher), loaded from them afterwards."""
     data = ensure_dataset(cfg)
     if METHODS.get(cfg.method).uses_teacher:
         return data, build_teacher(cfg, data, device)
