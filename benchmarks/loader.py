@@ -1,4 +1,4 @@
-"""Loader: patches/s out of the Parquet shards (crop + degrade: StepBatches[step]) vs patches/s the step consumes.
+"""Loader: patches/s out of the dataset store (crop + degrade: StepBatches[step]) vs patches/s the step consumes.
 
 For the tiny preset (GT 48, bicubic) and realesrgan-x4 (GT 256, second_order), in-process (0 workers) and with 2
 loader workers (batch_loader), each timed in rounds interleaved with the stage-3 training step of that preset.
@@ -93,7 +93,7 @@ def measure(name: str, setting: Setting, rounds: int) -> None:
         warmup=1,
     )
     patches = setting.block * loader_batch
-    print(f"\n{name}: shards decoded in {decode_s:.2f} s (once per process); {rounds} rounds")
+    print(f"\n{name}: batches ready in {decode_s:.2f} s (once per process); {rounds} rounds")
     print(f"  step (stage 3, batch {step_batch}): {_rate(step_batch, times.wall['step'])} patches/s, "
           f"{gflop:.2f} GFLOP per patch (G and D steps, forward + backward)")
     best = 0.0

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from sdakd.cli import main
+from sdakd.config.load import load_config
+from sdakd.data.dataset import ensure_dataset
 from sdakd.data import StepBatches, build_dataset, load_manifest, read_split
 from sdakd.data.remote import fetch_dataset
 from sdakd.errors import SdakdError
@@ -251,6 +253,10 @@ def test_a_dataset_at_an_s3_uri_is_copied_once_per_node_and_checked(tmp_path: Pa
     pixels.write_bytes(bytes(damaged))  # a corrupted cached file: detected and fetched again, alone
     assert fetch_dataset("s3://bucket/datasets/ds", cache) == local
     assert pixels.read_bytes() == (tmp_path / "ds" / "train-00000.u8").read_bytes()
+
+    # a config naming the URI trains from the node's copy
+    cfg = load_config("tiny", overrides=["data.root=s3://bucket/datasets/ds", f"run.data_cache={cache}"])
+    assert ensure_dataset(cfg).root == local
 
 
 def test_an_s3_uri_without_a_dataset_is_one_error(tmp_path: Path, s3: dict) -> None:

@@ -162,7 +162,7 @@ class SplitImages:
 
     def crop(self, i: int, top: int, left: int, size: int) -> torch.Tensor:
         """(3, size, size) uint8, copied out of the mapping (only these pixels are read)."""
-        pixels = np.ascontiguousarray(self.array(i)[top : top + size, left : left + size])
+        pixels = self.array(i)[top : top + size, left : left + size].copy()  # never a view of the read-only map
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
     def image(self, i: int, check: bool = True) -> torch.Tensor:
