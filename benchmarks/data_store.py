@@ -7,7 +7,7 @@ ranks started together; patches/s at GT 256, batch 12 for bicubic and second ord
 (StepBatches[step]) and the device path (StepBatches.clean + degrade_on_device, here on the CPU), one thread, the
 two stores' processes timed in alternating rounds. Then the extrapolation to DF2K and FFHQ-1024.
 
-    python -m benchmarks.data_store [--images 200] [--size 2040x1356] [--folder DIR] [--rounds 3]
+    python -m benchmarks.data_store [--images 200] [--size 2040x1356] [--folder DIR] [--rounds 3] [--reuse-stores]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ PREVIOUS = "30bc196"  # the last commit with the Parquet store
 V100_PATCHES_PER_S = 1_000_000 * 12 / (6.5 * 86400)  # per GPU: ~21.4
 H100_OVER_V100 = 4.0  # an assumption (dense bf16/fp32 throughput ratio is ~3-6x); stated where it is used
 CORES_PER_GPU = 14  # a DGX H100: 112 cores for 8 GPUs
+MEMORY_GB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 * 0.4  # what the other jobs on this machine leave
 
 RANK = textwrap.dedent("""
     import json, sys, time
@@ -45,7 +46,8 @@ RANK = textwrap.dedent("""
     ready = time.perf_counter()
     for step in range(3):
         b[step]
-    print(json.dumps({"startup_s": ready - imported, "anon_growth_mib": anon() - base}))
+    rss = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1e6
+    print(json.dumps({"startup_s": ready - imported, "anon_growth_mib": anon() - base, "rss_gb": rss}))
 """)
 
 # one process per store: builds its batches once, then answers "loader|clean|device bicubic|second_order STEPS" lines
@@ -71,6 +73,11 @@ SERVER = textwrap.dedent("""
             step += 1
         print(json.dumps(12 * int(count) / (time.perf_counter() - t)), flush=True)
 """)
+
+
+def show(store: str, figures: dict) -> dict:
+    print(store, json.dumps(figures), flush=True)
+    return figures
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int]) -> Path:
@@ -155,6 +162,7 @@ def main() -> None:
     parser.add_argument("--size", default="2040x1356")
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "sdakd-df2k-like")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reuse-stores", action="store_true", help="skip the builds: measure the stores in --folder")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     began = time.perf_counter()
@@ -166,16 +174,26 @@ def main() -> None:
         platforms = {"previous": previous_platform(Path(tmp)), "this": REPO / "platform"}
         roots = {name: args.folder / f"store-{name}" for name in platforms}
         jobs = os.cpu_count() or 1
-        results = {"previous": build(platforms["previous"], images, roots["previous"], None),
-                   "this": build(platforms["this"], images, roots["this"], 1)}
-        results["this"] |= {f"build_s_{jobs}_jobs": build(platforms["this"], images, roots["this"], jobs)["build_s"]}
+        results: dict[str, dict] = {"previous": {}, "this": {}}
+        if not args.reuse_stores:
+            results["previous"] = show("previous", build(platforms["previous"], images, roots["previous"], None))
+            results["this"] = show("this", build(platforms["this"], images, roots["this"], 1))
+            results["this"] |= show("this", {f"build_s_{jobs}_jobs": build(platforms["this"], images, roots["this"],
+                                                                            jobs)["build_s"]})
         for name in platforms:
             for world in (1, 2, 4):
-                results[name][f"ranks_{world}"] = ranks(platforms[name], roots[name], world)
+                # the previous store decodes the whole split in every rank: more ranks than memory allows are skipped
+                one = results[name].get("ranks_1", {}).get("rss_gb", 0)
+                if name == "previous" and world * one > MEMORY_GB:
+                    show(name, {f"ranks_{world}": f"not run: needs ~{world * one:.0f} "
+                                                  f"GB, this machine has {MEMORY_GB:.0f}"})
+                    continue
+                results[name][f"ranks_{world}"] = show(name, {f"ranks_{world}": ranks(platforms[name], roots[name],
+                                                                                      world)})[f"ranks_{world}"]
         for name, rates in throughput(platforms, roots, args.rounds).items():
-            results[name]["patches_per_s"] = rates
-    print(json.dumps(results, indent=1))
-    extrapolate(results, args.images, size)
+            results[name]["patches_per_s"] = show(name, {"patches_per_s": rates})["patches_per_s"]
+    if not args.reuse_stores:
+        extrapolate(results, args.images, size)
     print(f"wall {time.perf_counter() - began:.0f} s")
 
 

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -21,6 +20,7 @@ from typing import Callable, TextIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from sdakd.data.progress import Progress
 from sdakd.data.replace import check_replaceable, swap_in
 from sdakd.data.samples import HELD_OUT_PHOTOS, sample_photo_paths
 from sdakd.data.store import FORMAT, MANIFEST, SPLITS, content_checksum, file_sha256
@@ -211,7 +211,7 @@ def _decode_all(
 ) -> list[str]:
     """Decode every image into its place; the sha256 of each image's pixels, in plan order."""
     tasks = [(str(p.path), str(staging / names[p.file][0]), p.offset, p.size) for p in plan]
-    bar = _Progress(len(tasks), progress)
+    bar = Progress(len(tasks), progress)
     digests: list[str] = [""] * len(tasks)
     if jobs == 1 or len(tasks) == 1:
         for k, digest in map(_decode_into, enumerate(tasks)):
@@ -284,26 +284,3 @@ def _source_label(images_dir: str | Path | None) -> str:
 def _require_int(field: str, value: object, lowest: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
         raise SdakdError(f"{field}={value!r} is invalid; allowed: an integer >= {lowest}")
-
-
-class _Progress:
-    """images done, images/s and ETA on one line of `stream` (redrawn on a terminal, every 5 s otherwise)."""
-
-    def __init__(self, total: int, stream: TextIO | None) -> None:
-        self.total, self.stream, self.done = total, stream, 0
-        self.start = self.last = time.monotonic()
-        self.tty = bool(stream) and stream.isatty()
-
-    def advance(self) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self.stream is None or (not self.tty and now - self.last < 5 and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate else 0
-        line = f"decoded {self.done}/{self.total} images  {rate:.1f} images/s  ETA {eta:.0f} s"
-        end = "\n" if not self.tty or self.done == self.total else ""
-        self.stream.write(("\r" if self.tty else "") + line + end)
-        self.stream.flush()
-
