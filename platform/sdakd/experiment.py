@@ -20,6 +20,7 @@ from sdakd.data.dataset import Dataset, train_batches
 from sdakd.data.source import StepSource
 from sdakd.engine import Callbacks, Engine
 from sdakd.engine.device import resolve_device
+from sdakd.evaluate.suites import Suites
 from sdakd.evaluate.validator import Validator
 from sdakd.methods import METHODS
 from sdakd.methods.base import Method
@@ -55,6 +56,7 @@ class Experiment:
     teacher: Teacher | None
     method: Method
     validator: Validator
+    suites: Suites | None  # the writing rank's evaluation suites (eval.suites), read before training
     out_dir: Path
     placement: Placement
     engine: Engine = field(init=False)
@@ -85,7 +87,8 @@ def build_experiment(
     if placement.prepare is not None:
         placement.prepare(method)
     validator = Validator(cfg, data, teacher, device)
-    exp = Experiment(cfg, device, data, teacher, method, validator, out_dir_for(cfg), placement)
+    suites = Suites(cfg, data, teacher, device) if placement.writer else None
+    exp = Experiment(cfg, device, data, teacher, method, validator, suites, out_dir_for(cfg), placement)
     batches = train_batches(cfg, data, cfg.data.batch_size, placement.rank, placement.world_size)
     exp.engine = Engine(
         method,
@@ -100,7 +103,7 @@ def build_experiment(
         checkpoint_dir=exp.out_dir / "checkpoints",
         checkpoint_every=cfg.run.checkpoint_every,
         log_every=cfg.run.log_every,
-        evaluate=(lambda: exp.validator.student(exp.engine.eval_generator())) if placement.writer else None,
+        evaluate=(lambda: stage_scores(exp)) if placement.writer else None,
         callbacks=callbacks,
         writer=placement.writer,
         max_d_loss=cfg.run.max_d_loss,
@@ -108,6 +111,12 @@ def build_experiment(
     )
     exp.timings["setup_s"] = time.perf_counter() - started
     return exp
+
+
+def stage_scores(exp: Experiment) -> dict[str, float]:
+    """What a stage end scores: the student on the validation images, and on the suites that ask for it."""
+    g = exp.engine.eval_generator()
+    return exp.validator.student(g) | (exp.suites.stage_scores(g) if exp.suites else {})
 
 
 def compile_nets(exp: Experiment, **options: Any) -> list[str]:

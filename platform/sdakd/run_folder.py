@@ -44,6 +44,8 @@ def final_metrics(exp: Experiment) -> dict[str, Any]:
     test = Validator(cfg, exp.data, exp.teacher, exp.device, split="test")
     if test.pairs:
         metrics["test"] = test.report(student)
+    if exp.suites and exp.suites.pairs:
+        metrics["suites"] = exp.suites.report(student)
     metrics["cost"] = {"student": cost(student, exp.device, repeats)}
     if exp.teacher is not None:
         metrics["cost"]["teacher"] = cost(exp.teacher.g, exp.device, repeats)
@@ -51,7 +53,9 @@ def final_metrics(exp: Experiment) -> dict[str, Any]:
     metrics["stages"] = engine.history
     # what was not measured, and why; what was measured with which weights
     metrics["unavailable"] = dict(exp.validator.unavailable)
-    metrics["metric_weights"] = {name: fingerprint(path) for name, path in exp.validator.weights.items() if path}
+    used = exp.validator.weights | (exp.suites.weights() if exp.suites else {})
+    metrics["metric_weights"] = {name: fingerprint(path) for name, path in used.items() if path}
+    metrics["metric_files"] = {name: str(path) for name, path in used.items() if path}  # e.g. NIQE's default
     metrics["info"] = {
         "method": cfg.method,
         "config_hash": config_hash(cfg),

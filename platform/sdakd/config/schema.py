@@ -11,16 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from sdakd.config.eval_schema import EvalConfig
+from sdakd.config.frozen import Frozen
 
 
 # Teachers converted from a registry package (sdakd.teacher.named); any other `teacher.weights` is a file path.
 NAMED_TEACHERS = ("realesrgan-x4plus", "realesrgan-x4plus-anime-6b", "realesr-animevideov3")
-
-
-class Frozen(BaseModel):
-    # no inf or nan: YAML reads `.inf` and `.nan` as floats, and no field means either
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class TeacherPretrain(Frozen):
@@ -197,42 +195,6 @@ class RunConfig(Frozen):
     )
 
 
-class LpipsConfig(Frozen):
-    net: Literal["alex", "vgg"] = Field("alex", description="LPIPS backbone (torchmetrics' linear heads for it)")
-    backbone_weights: Path | None = Field(
-        None, description="torchvision's ImageNet checkpoint of that backbone (alexnet-owt-7be5be79.pth or "
-        "vgg16-397923af.pth); None = no LPIPS (listed as unavailable)",
-    )
-
-
-class FidConfig(Frozen):
-    """FID and KID on patches: SR validation sets are a few images, so each output and each GT image gives
-    `patches` crops of `patch` px at the same seeded positions."""
-
-    feature_weights: Path | None = Field(
-        None, description="the FID InceptionV3 weights (torch-fidelity's pt_inception-2015-12-05 file); None = no FID"
-    )
-    patch: int = Field(64, ge=16)
-    patches: int = Field(16, ge=1, description="crops per validation image")
-    seed: int = 0
-
-
-class NiqeConfig(Frozen):
-    params: Path | None = Field(
-        None, description="the pristine NIQE model: an .npz with mu_pris_param, cov_pris_param and gaussian_window "
-        "(as BasicSR's niqe_pris_params.npz); None = no NIQE (listed as unavailable)",
-    )
-
-
-class EvalConfig(Frozen):
-    """Which metrics need which local weights; none are downloaded. Excluded from the config hash: they change
-    what is measured, not what is learned."""
-
-    lpips: LpipsConfig = LpipsConfig()
-    fid: FidConfig = FidConfig()
-    niqe: NiqeConfig = NiqeConfig()
-
-
 class ExperimentConfig(Frozen):
     method: str = "sdakd"
     seed: int = 0
@@ -248,6 +210,12 @@ class ExperimentConfig(Frozen):
     )
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _suites_single_scale(self) -> "ExperimentConfig":
+        if self.eval.suites and self.data.scales:
+            raise ValueError("eval.suites needs one scale (data.scales unset): a suite's LR is made at data.scale")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")

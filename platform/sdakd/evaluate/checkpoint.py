@@ -13,6 +13,7 @@ from sdakd.config.schema import ExperimentConfig
 from sdakd.engine.checkpoint import load_checkpoint
 from sdakd.engine.device import resolve_device
 from sdakd.errors import SdakdError, load_failure
+from sdakd.evaluate.suites import Suites
 from sdakd.evaluate.validator import Validator, cost
 from sdakd.models.from_config import student_generator
 from sdakd.models.weights import check_fits
@@ -59,9 +60,11 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, 
     data, teacher = prepare_inputs(cfg, device)
     validator = Validator(cfg, data, teacher, device)
     test = Validator(cfg, data, teacher, device, split="test")
+    suites = Suites(cfg, data, teacher, device)
     return {
         "student": validator.student(student),
         "references": validator.references(),
         **({"test": test.report(student)} if test.pairs else {}),
+        **({"suites": suites.report(student)} if suites.pairs else {}),
         "cost": cost(student, device, cfg.run.latency_repeats),
     }

@@ -4,7 +4,7 @@ two multivariate Gaussians of 36 features; lower is more natural. It needs no re
 
 The pristine Gaussian comes from a local file the user names (`eval.niqe.params`): an .npz with `mu_pris_param`
 (36), `cov_pris_param` (36x36) and `gaussian_window` (the 7x7 window of the local normalisation), as BasicSR ships
-the MATLAB release's parameters (niqe_pris_params.npz). Scores follow BasicSR's calculate_niqe, which its authors
+the MATLAB release's parameters (niqe_pris_params.npz); unnamed, the installed basicsr's file is used if any. Scores follow BasicSR's calculate_niqe, which its authors
 checked against the MATLAB release: the Y channel of the 8-bit image, rounded, `crop_border` pixels dropped,
 blocks at full and half size (MATLAB's antialiased bicubic imresize), in float64 as MATLAB computes.
 """
@@ -12,6 +12,7 @@ blocks at full and half size (MATLAB's antialiased bicubic imresize), in float64
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +38,24 @@ class Pristine(NamedTuple):
     mean: Tensor  # (36,)
     cov: Tensor  # (36, 36)
     window: Tensor  # (k, k), sums to 1
+
+
+BASICSR_PARAMS = Path("metrics", "niqe_pris_params.npz")  # where basicsr ships the MATLAB release's model
+
+
+def niqe_params(configured: Path | None) -> Path | None:
+    """The pristine model NIQE scores with: `eval.niqe.params` when set, else the file the installed basicsr
+    ships (found without importing basicsr, whose import pulls in much of torchvision), else None."""
+    if configured is not None:
+        return configured
+    try:
+        spec = importlib.util.find_spec("basicsr")
+    except (ImportError, ValueError):  # a broken installation is no installation
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / BASICSR_PARAMS).is_file():
+            return Path(folder) / BASICSR_PARAMS
+    return None
 
 
 def niqe_unavailable(params_path: str | Path | None) -> str | None:
@@ -172,7 +191,8 @@ def _cubic(x: Tensor) -> Tensor:
 def _pristine(params_path: str | None) -> tuple[Pristine | None, str | None]:
     """The pristine model of a local .npz, or None and why not (missing, unreadable, or misshapen arrays)."""
     if params_path is None:
-        return None, f"no NIQE parameters given (needs an .npz with {', '.join(PARAM_KEYS)})"
+        return None, (f"no NIQE parameters given, and no installed basicsr ships {BASICSR_PARAMS.name} (needs an "
+                      f".npz with {', '.join(PARAM_KEYS)})")
     path = Path(params_path)
     if not path.is_file():
         return None, f"NIQE parameters {path} not found"

@@ -13,7 +13,7 @@ from typing import Literal
 from sdakd.config.schema import ExperimentConfig
 from sdakd.evaluate.distribution import fid_unavailable
 from sdakd.evaluate.metrics import lpips_unavailable
-from sdakd.evaluate.niqe import niqe_unavailable
+from sdakd.evaluate.niqe import niqe_params, niqe_unavailable
 from sdakd.registry import Registry
 
 
@@ -59,7 +59,7 @@ def unavailable(cfg: ExperimentConfig, has_teacher: bool) -> dict[str, str]:
     reasons = {
         "eval.lpips.backbone_weights": lpips_unavailable(cfg.eval.lpips.backbone_weights, cfg.eval.lpips.net),
         "eval.fid.feature_weights": fid_unavailable(cfg.eval.fid.feature_weights),
-        "eval.niqe.params": niqe_unavailable(cfg.eval.niqe.params),
+        "eval.niqe.params": niqe_unavailable(niqe_params(cfg.eval.niqe.params)),
     }
     missing = {}
     for name in METRICS.names():

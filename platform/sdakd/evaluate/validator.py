@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from sdakd.data.degrade import bicubic_up
 from sdakd.evaluate.cost import count_params, latency_ms, macs
 from sdakd.evaluate.distribution import PatchDistance, crop_patches, patch_positions
 from sdakd.evaluate.metrics import lpips_or_none, psnr_y, ssim_y
-from sdakd.evaluate.niqe import niqe_unfit, niqe_y
+from sdakd.evaluate.niqe import niqe_params, niqe_unfit, niqe_y
 from sdakd.evaluate.registry import METRICS, unavailable
 from sdakd.models import generate
 from sdakd.teacher.frozen import Teacher
@@ -38,20 +38,26 @@ class Validator:
     """
 
     def __init__(
-        self, cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, device: torch.device, split: str = "val"
+        self, cfg: ExperimentConfig, data: Dataset | None, teacher: Teacher | None, device: torch.device,
+        split: str = "val", pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]] | None = None,
     ):
+        """The images of `data`'s `split`, or (an evaluation suite's) the (name, lr, hr) `pairs` as given."""
         d = cfg.data
-        if d.scales:
-            pairs = factor_val_pairs(data.root, d.scales, d.gt_size, split)
+        if pairs is not None:
+            self.pairs = [(*pair, None) for pair in pairs]
         else:
-            pairs = [(*pair, None) for pair in val_pairs(data.root, d.scale, max_side=d.val_max_side, split=split)]
-        self.pairs = pairs[: cfg.run.eval_max_images] if cfg.run.eval_max_images else pairs
+            if d.scales:
+                found = factor_val_pairs(data.root, d.scales, d.gt_size, split)
+            else:
+                found = [(*pair, None) for pair in val_pairs(data.root, d.scale, max_side=d.val_max_side, split=split)]
+            self.pairs = found[: cfg.run.eval_max_images] if cfg.run.eval_max_images else found
         self.scale = cfg.data.scale
         self.device = device
         self.unavailable = unavailable(cfg, teacher is not None)
         if "niqe" not in self.unavailable:  # whether its 96-px blocks fit, only the images tell
             if reason := niqe_unfit([tuple(hr.shape[-2:]) for _, _, hr, _ in self.pairs], self.scale):
                 self.unavailable["niqe"] = reason
+        # every metric file that scores: the ones the config names, and the NIQE model found by default
         self.weights = {name: path for name, path in _weight_files(cfg).items() if name not in self.unavailable}
         # full-reference metrics of one image, by name (their `_vs_teacher` twins reuse them)
         self.image_scores: dict[str, ImageScore] = {"psnr_y": psnr_y, "ssim_y": ssim_y}
@@ -59,7 +65,7 @@ class Validator:
             lp = cfg.eval.lpips
             self.image_scores["lpips"] = lambda o, r, _crop: lpips_or_none(o, r, lp.backbone_weights, lp.net)
         if "niqe" not in self.unavailable:  # no reference, so no `_vs_teacher` twin
-            self.image_scores["niqe"] = lambda o, _reference, crop: niqe_y(o, cfg.eval.niqe.params, crop)
+            self.image_scores["niqe"] = lambda o, _reference, crop: niqe_y(o, self.weights["niqe"], crop)
         self.gt = [hr.unsqueeze(0) for _, _, hr, _ in self.pairs]
         self.patches = None
         if "fid" not in self.unavailable:
@@ -127,7 +133,8 @@ class Validator:
 
 
 def _weight_files(cfg: ExperimentConfig) -> dict[str, Path | None]:
-    return {"lpips": cfg.eval.lpips.backbone_weights, "fid": cfg.eval.fid.feature_weights, "niqe": cfg.eval.niqe.params}
+    e = cfg.eval
+    return {"lpips": e.lpips.backbone_weights, "fid": e.fid.feature_weights, "niqe": niqe_params(e.niqe.params)}
 
 
 def _mean(values: Iterable[float]) -> float:

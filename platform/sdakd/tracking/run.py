@@ -48,13 +48,23 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def numbers(data: Mapping[str, Any]) -> dict[str, float]:
+def numbers(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of a nested mapping, flattened (booleans and strings are tags' business)."""
     return {
         k: float(v)
-        for k, v in flatten(data).items()
+        for k, v in flatten(data, prefix).items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
+
+
+def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """metrics.json's numbers under their dotted paths, except an evaluation suite's: `suite.<name>.<metric>` for
+    the student's (and the references' `teacher_<metric>`, `bicubic_<metric>`), and
+    `suite.<name>.per_image.<metric>.<image>`."""
+    found = numbers({key: value for key, value in metrics.items() if key != "suites"})
+    for name, suite in metrics.get("suites", {}).items():
+        found |= numbers(suite["student"] | suite["references"] | {"per_image": suite["per_image"]}, f"suite.{name}.")
+    return found
 
 
 class TrackedRun(Callbacks):
@@ -127,7 +137,7 @@ class TrackedRun(Callbacks):
     def on_done(self, exp: Any, metrics: Mapping[str, Any]) -> None:
         """Final numbers, what the run turned out to use, and its files (`exp` is sdakd.experiment.Experiment)."""
         info = metrics["info"]
-        self.log_metrics(numbers(metrics))
+        self.log_metrics(run_metrics(metrics))
         self.flush()
         self.set_tags(
             {
@@ -140,6 +150,7 @@ class TrackedRun(Callbacks):
             }
             | {f"sdakd.metric_weights.{name}": value for name, value in metrics["metric_weights"].items()}
             | {f"sdakd.unavailable.{name}": reason[:500] for name, reason in metrics["unavailable"].items()}
+            | {f"sdakd.suite.{name}.lr_sha256": suite["lr_sha256"] for name, suite in metrics.get("suites", {}).items()}
         )
         folder = exp.out_dir
         for name in RUN_FILES:
