@@ -62,3 +62,48 @@ def test_a_clear_difference_is_significant_and_noise_is_not() -> None:
         cell_mean = {s: float(np.mean(list(cell[s].values()))) for s in seeds}
         result = paired(mean, cell_mean, ref_images, cell)
         assert result.n_images == 6 and result.significant is expected
+
+
+def test_power_figures_equal_statsmodels() -> None:
+    """The power of the paired t-test, the smallest difference n seeds detect and the seeds a difference needs,
+    against statsmodels' TTestPower (alpha 0.05, power 0.8, two-sided). statsmodels' own solver stops at ~1e-7
+    relative, so the solved figures are also checked by its power function at them (where it has a value: with 2
+    seeds, or a power near 1, its lower tail is NaN; ours takes that tail by symmetry)."""
+    from statsmodels.stats.power import TTestPower
+
+    from sdakd.ablate.power import detectable_effect, power, seeds_needed
+
+    theirs = TTestPower()
+    compared = 0
+    for n in (2, 3, 5, 10, 40):
+        for effect in (0.1, 0.8, 2.5):
+            expected = theirs.power(effect, n, 0.05)
+            if not math.isnan(expected):  # NaN far out in the lower tail (n=40, effect 2.5: power 1)
+                assert power(effect, n) == pytest.approx(expected, abs=1e-6)
+                compared += 1
+        d = detectable_effect(n)
+        assert power(d, n) == pytest.approx(0.8, abs=1e-12)
+        if n > 2:
+            assert theirs.power(d, n, 0.05) == pytest.approx(0.8, abs=1e-9)
+        assert d == pytest.approx(theirs.solve_power(None, nobs=n, alpha=0.05, power=0.8), rel=1e-6)
+    for effect in (0.2, 0.5, 1.3, 3.0):
+        needed = seeds_needed(effect)
+        assert needed == math.ceil(theirs.solve_power(effect, nobs=None, alpha=0.05, power=0.8))
+        assert theirs.power(effect, needed - 1, 0.05) < 0.8 <= theirs.power(effect, needed, 0.05)
+    assert seeds_needed(0.0) == math.inf and compared >= 13
+
+
+def test_a_paired_comparison_says_what_its_seeds_detect() -> None:
+    from sdakd.ablate.power import detectable_effect, seeds_needed
+
+    reference = {0: 28.1, 1: 27.9, 2: 28.4, 3: 28.0}
+    noisy = {0: 28.3, 1: 27.7, 2: 28.9, 3: 27.9}  # differences +0.2, -0.2, +0.5, -0.1: not significant
+    result = paired(reference, noisy)
+    diffs = [0.2, -0.2, 0.5, -0.1]
+    sd = float(np.std(diffs, ddof=1))
+    assert not result.significant
+    assert result.detectable == pytest.approx(detectable_effect(4) * sd, rel=1e-12)
+    assert result.seeds_needed == seeds_needed(float(np.mean(diffs)) / sd) > 4
+    clear = paired(reference, {s: v + 1.0 + 0.01 * s for s, v in reference.items()})
+    assert clear.significant and clear.seeds_needed is None and clear.detectable is not None
+    assert paired({0: 1.0}, {0: 2.0}).detectable is None  # one seed: no spread to plan with

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
-ALPHA = 0.05
+from sdakd.ablate.power import ALPHA, detectable_effect, seeds_needed
+
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # a report is a pure function of its runs
 
@@ -47,6 +48,12 @@ class Paired:
     boot_low: float | None  # 2.5 and 97.5 percentiles of the (seed, image) bootstrap of the mean difference
     boot_high: float | None
     p_boot: float | None  # two-sided bootstrap p-value: twice the smaller tail beyond 0
+    # the smallest |difference| the t-test over these seeds detects with 80 % power at the 5 % level, at the SD of
+    # the per-seed differences measured here (None with one seed or differences that do not vary)
+    detectable: float | None = None
+    # the seeds that test would need to detect a difference of the observed size (80 % power, 5 % level): set
+    # where the difference is not significant; inf for a difference of 0 (or beyond power.MOST_SEEDS)
+    seeds_needed: float | None = None
 
     @property
     def significant(self) -> bool:
@@ -74,7 +81,12 @@ def paired(reference: Mapping[int, float], cell: Mapping[int, float],
         if matrix is not None:
             n_images = matrix.shape[1]
             low, high, p_boot = bootstrap(matrix)
-    return Paired(len(seeds), n_images, float(diff), ci, p_t, low, high, p_boot)
+    result = Paired(len(seeds), n_images, float(diff), ci, p_t, low, high, p_boot)
+    if p_t is None:
+        return result
+    spread = statistics.stdev(diffs)
+    needed = None if result.significant else seeds_needed(diff / spread)
+    return replace(result, detectable=detectable_effect(len(seeds)) * spread, seeds_needed=needed)
 
 
 def _difference_matrix(seeds: Sequence[int], reference: PerImage, cell: PerImage) -> np.ndarray | None:
