@@ -16,7 +16,7 @@ from torch import nn
 
 from sdakd.config.identity import config_hash
 from sdakd.config.schema import ExperimentConfig
-from sdakd.data.dataset import Dataset, train_batches
+from sdakd.data.dataset import Dataset, ensure_dataset, train_batches
 from sdakd.data.source import StepSource
 from sdakd.engine import Callbacks, Engine
 from sdakd.engine.device import resolve_device
@@ -25,7 +25,7 @@ from sdakd.evaluate.validator import Validator
 from sdakd.methods import METHODS
 from sdakd.methods.base import Method
 from sdakd.models.memory_format import to_channels_last
-from sdakd.teacher.cache import prepare_inputs
+from sdakd.teacher.cache import run_teacher
 from sdakd.teacher.frozen import Teacher
 
 
@@ -74,7 +74,9 @@ def build_experiment(
     device = placement.device or resolve_device(cfg.run.device)
     method_cls = METHODS.get(cfg.method)
     started = time.perf_counter()
-    data, teacher = prepare_inputs(cfg, device)
+    data = ensure_dataset(cfg)
+    suites = Suites(cfg, data, device) if placement.writer else None  # read and checked before a teacher trains
+    teacher = run_teacher(cfg, data, device)
     torch.manual_seed(cfg.seed)  # student init depends on the seed alone, not on what ran before
     method = method_cls(cfg, teacher).to(device)
     channels_last = cfg.optim.channels_last and device.type == "cuda"
@@ -87,7 +89,8 @@ def build_experiment(
     if placement.prepare is not None:
         placement.prepare(method)
     validator = Validator(cfg, data, teacher, device)
-    suites = Suites(cfg, data, teacher, device) if placement.writer else None
+    if suites is not None:
+        suites.teacher = teacher
     exp = Experiment(cfg, device, data, teacher, method, validator, suites, out_dir_for(cfg), placement)
     batches = train_batches(cfg, data, cfg.data.batch_size, placement.rank, placement.world_size)
     exp.engine = Engine(

@@ -60,7 +60,7 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict[str, 
     data, teacher = prepare_inputs(cfg, device)
     validator = Validator(cfg, data, teacher, device)
     test = Validator(cfg, data, teacher, device, split="test")
-    suites = Suites(cfg, data, teacher, device)
+    suites = Suites(cfg, data, device, teacher)
     return {
         "student": validator.student(student),
         "references": validator.references(),

@@ -123,9 +123,10 @@ def _paired(field: str, image: str, lr_path: Path, hr_path: Path, scale: int, ma
 
 class Suites:
     """A run's evaluation suites: read and degraded when built (errors before any training), each scored by a
-    Validator of its own, built (teacher outputs included) on first use."""
+    Validator of its own, built (the teacher's outputs included) on first use. `teacher` may be set after the
+    suites are read, before they are scored."""
 
-    def __init__(self, cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, device: torch.device):
+    def __init__(self, cfg: ExperimentConfig, data: Dataset, device: torch.device, teacher: Teacher | None = None):
         self.cfg, self.teacher, self.device = cfg, teacher, device
         self.pairs = {name: suite_pairs(name, suite, data.root, cfg.data.scale) for name, suite in cfg.eval.suites.items()}
         self._validators: dict[str, Validator] = {}

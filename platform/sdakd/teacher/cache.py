@@ -125,6 +125,11 @@ def prepare_inputs(cfg: ExperimentConfig, device: torch.device) -> tuple[Dataset
     """The dataset and the teacher (G and D for a method that distils, G alone to score one that does not):
     built into the caches on first use (the bundled dataset, a pretrained teacher), loaded from them afterwards."""
     data = ensure_dataset(cfg)
+    return data, run_teacher(cfg, data, device)
+
+
+def run_teacher(cfg: ExperimentConfig, data: Dataset, device: torch.device) -> Teacher | None:
+    """The teacher of `prepare_inputs`, for `data` already at hand."""
     if METHODS.get(cfg.method).uses_teacher:
-        return data, build_teacher(cfg, data, device)
-    return data, scoring_teacher(cfg, device)
+        return build_teacher(cfg, data, device)
+    return scoring_teacher(cfg, device)
