@@ -236,6 +236,7 @@ def test_mlflow_ui_shows_the_grid_in_a_browser(store, tmp_path):
 BAD_GRIDS = {
     "bad_field": {"base": {"preset": "tiny"}, "cells": {"typo": {"student_d.widht": 0.5}}},
     "bad_baseline": {"base": {"preset": "tiny"}, "cells": {"full": {}}, "baselines": ["dcdd"]},
+    "bad_suite": {"base": {"preset": "tiny", "overrides": {"eval.suites.gone.images": "nowhere"}}, "cells": {"full": {}}},
 }
 
 
@@ -245,6 +246,7 @@ BAD_GRIDS = {
         (["ablate", "nosuch"], ["unknown ablation grid 'nosuch'", "smoke", "baselines"]),
         (["ablate", "bad_field"], ["bad_field.yaml", "cells.typo", "student_d.widht: unknown field", "width"]),
         (["ablate", "bad_baseline"], ["bad_baseline.yaml", "unknown method 'dcdd'", "output_kd"]),
+        (["ablate", "bad_suite"], ["eval.suites.gone.images:", "nowhere is not a folder"]),
         (["ablate", "smoke", "--tracking-uri", "http://127.0.0.1:9"], ["http://127.0.0.1:9 is unreachable"]),
         (["report", "nosuch"], ["unknown ablation grid 'nosuch'"]),
     ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from sdakd.config.eval_schema import SuiteConfig
 from sdakd.config.schema import ExperimentConfig
 from sdakd.data import DEGRADATIONS, read_split
-from sdakd.data.dataset import Dataset
+from sdakd.data.dataset import Dataset, ensure_dataset
 from sdakd.data.shards import IMAGE_SUFFIXES
 from sdakd.errors import SdakdError
 from sdakd.evaluate.validator import Validator
@@ -45,7 +46,7 @@ def lr_digest(pairs: list[Pair]) -> str:
     return digest.hexdigest()
 
 
-def suite_pairs(name: str, suite: SuiteConfig, data_root: Path, scale: int) -> list[Pair]:
+def suite_pairs(name: str, suite: SuiteConfig, data_root: Path | None, scale: int) -> list[Pair]:
     """The suite's (image name, LR, HR), sorted by name, bounded by max_side and max_images."""
     field = f"eval.suites.{name}"
     if suite.lr is not None:
@@ -119,6 +120,20 @@ def _paired(field: str, image: str, lr_path: Path, hr_path: Path, scale: int, ma
         lr = lr[:, top : top + side, left : left + side]
         hr = hr[:, top * scale : (top + side) * scale, left * scale : (left + side) * scale]
     return image, lr.float() / 255, hr.float() / 255
+
+
+def check_suites(cfgs: Iterable[ExperimentConfig]) -> None:
+    """Read every distinct suite of `cfgs` once (a grid's cells share theirs): a bad one fails here, before any
+    study or cell trains, rather than in every trial."""
+    seen = set()
+    for cfg in cfgs:
+        for name, suite in cfg.eval.suites.items():
+            key = (suite, cfg.data.root, cfg.data.scale, cfg.run.cache_dir)
+            if key not in seen:
+                seen.add(key)
+                # (the run's dataset is built only for a suite that reads it)
+                root = ensure_dataset(cfg).root if suite.split and suite.dataset is None else None
+                suite_pairs(name, suite, root, cfg.data.scale)
 
 
 class Suites:

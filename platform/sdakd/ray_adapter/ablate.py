@@ -24,6 +24,7 @@ from sdakd.config.load import with_overrides
 from sdakd.engine.checkpoint import LAST, linked_folder
 from sdakd.engine.device import resolve_device
 from sdakd.engine.loop import Diverged
+from sdakd.evaluate.suites import check_suites
 from sdakd.pipeline import train
 from sdakd.ray_adapter.cluster import connect, raised, storage_root
 from sdakd.ray_adapter.tune_cells import run_studies
@@ -37,6 +38,7 @@ def ablate(name: str, seeds: Sequence[int] | None = None, force: bool = False, u
     """Run the grid (`name`: a grid name or file) and print the report; False when a cell failed (it reruns next
     time)."""
     grid, cells = load_grid(name, seeds)
+    check_suites(c.cfg for c in cells)
     if grid.tune:  # each cell's own study first (finished ones are read back), then its winner's seeds
         cells = apply_winners(cells, run_studies(studies(grid, cells), uri))
     store = Store(resolve_uri(uri, cells[0].cfg.run.tracking_uri))
