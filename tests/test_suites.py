@@ -203,7 +203,7 @@ def test_a_bad_suite_is_refused_with_its_field(small_cfg, overrides, needle):
 def test_a_missing_suite_folder_fails_before_any_training(small_cfg, tmp_path):
     """Before the teacher is pretrained, too (its cache stays empty)."""
     cfg = small_cfg(*FAST, f"eval.suites.gone.images={tmp_path / 'nowhere'}", f"run.out_dir={tmp_path / 'run'}")
-    with pytest.raises(SdakdError, match=f"eval.suites.gone.images: {tmp_path / 'nowhere'} is not a folder"):
+    with pytest.raises(SdakdError, match=f"eval.suites.gone.images: images_dir {tmp_path / 'nowhere'} does not exist"):
         run(cfg)
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache" / "teachers").exists()
 

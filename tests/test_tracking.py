@@ -246,7 +246,7 @@ BAD_GRIDS = {
         (["ablate", "nosuch"], ["unknown ablation grid 'nosuch'", "smoke", "baselines"]),
         (["ablate", "bad_field"], ["bad_field.yaml", "cells.typo", "student_d.widht: unknown field", "width"]),
         (["ablate", "bad_baseline"], ["bad_baseline.yaml", "unknown method 'dcdd'", "output_kd"]),
-        (["ablate", "bad_suite"], ["eval.suites.gone.images:", "nowhere is not a folder"]),
+        (["ablate", "bad_suite"], ["eval.suites.gone.images: images_dir", "nowhere does not exist"]),
         (["ablate", "smoke", "--tracking-uri", "http://127.0.0.1:9"], ["http://127.0.0.1:9 is unreachable"]),
         (["report", "nosuch"], ["unknown ablation grid 'nosuch'"]),
     ],

@@ -15,14 +15,14 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from sdakd.config.eval_schema import SuiteConfig
 from sdakd.config.schema import ExperimentConfig
 from sdakd.data import DEGRADATIONS, read_split
 from sdakd.data.dataset import Dataset, ensure_dataset
-from sdakd.data.shards import IMAGE_SUFFIXES
+from sdakd.data.build import image_files
 from sdakd.errors import SdakdError
 from sdakd.evaluate.validator import Validator
 from sdakd.teacher.frozen import Teacher
@@ -74,26 +74,19 @@ def suite_pairs(name: str, suite: SuiteConfig, data_root: Path | None, scale: in
     return pairs
 
 
-def _folder(folder: Path | None, field: str) -> dict[str, Path]:
+def _folder(folder: Path, field: str) -> dict[str, Path]:
     """The image files of a folder by name (the file name without its suffix)."""
-    if folder is None or not folder.is_dir():
-        raise SdakdError(f"{field}: {folder} is not a folder")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem in files:
-                raise SdakdError(f"{field}: {files[path.stem].name} and {path.name} share the name {path.stem!r}")
-            files[path.stem] = path
-    if not files:
-        raise SdakdError(f"{field}: {folder} holds no images; allowed suffixes: {', '.join(IMAGE_SUFFIXES)}")
-    return files
+    try:
+        return {path.stem: path for path in image_files(folder)}
+    except SdakdError as err:  # (its message names the folder as images_dir, as `data build` calls it)
+        raise SdakdError(f"{field}: {err}") from None
 
 
 def _read(path: Path) -> Tensor:
     """uint8 RGB (3, H, W)."""
     try:
         with Image.open(path) as img:
-            array = np.array(img.convert("RGB"))
+            array = np.array(ImageOps.exif_transpose(img).convert("RGB"))  # as `data build` stores photos
     except (OSError, SyntaxError, ValueError) as err:  # PIL's truncated, corrupt or oversized files
         raise SdakdError(f"{path} is not a readable image ({err})") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
