@@ -107,6 +107,9 @@ def test_ablate_logs_nested_runs_and_reruns_by_name(store):
         assert {"student.psnr_y", "eval/psnr_y", "stages.s3.psnr_y", "loss/g_total", "device_seconds"} <= set(
             data.metrics
         )
+        # the grid's evaluation suite, as MLflow names it, with the hash of its LR
+        assert {"suite.held_out.psnr_y", "suite.held_out.per_image.psnr_y.brick"} <= set(data.metrics)
+        assert len(data.tags["sdakd.suite.held_out.lr_sha256"]) == 64
         losses = store.client.get_metric_history(run.info.run_id, "loss/g_total")
         assert len(losses) == 6 and sorted(m.step for m in losses) == [1, 2, 3, 4, 5, 6]
         assert ARTIFACTS <= store.artifacts(run.info.run_id)
@@ -165,8 +168,16 @@ def test_report_table_parquet_and_plot(store, capsys, monkeypatch):
             assert row["psnr_y_diff"] == pytest.approx(metrics["test.student.psnr_y"] - runs["full"]["test.student.psnr_y"])
             assert row["psnr_y_p_t"] is None and row["psnr_y_p_boot"] is not None
     assert json.loads(table[0]["knobs"]) == {"loss.fm.weight": 1.0, "loss.gan.weight": 0.005, "student_d.width": 0.5}
+    # the suite's section: the same images and LR as the test split here, so the same numbers, read from suite.*
+    assert "### Suite `held_out`" in out and "**What the seeds can detect**" in out
+    suite = pq.read_table(store.root / "reports" / "smoke-held_out.parquet").to_pylist()
+    for row, test_row in zip(suite, table):
+        assert row["psnr_y_mean"] == pytest.approx(runs[row["cell"]]["suite.held_out.psnr_y"])
+        assert row["psnr_y_mean"] == pytest.approx(test_row["psnr_y_mean"], abs=1e-9)
+        assert row["psnr_y_diff"] == pytest.approx(test_row["psnr_y_diff"], abs=1e-9)
     (parent,) = store.parents("smoke")
-    assert {"report/smoke.md", "report/smoke.parquet", "report/smoke-bars.png"} <= store.artifacts(parent.info.run_id)
+    assert {"report/smoke.md", "report/smoke.parquet", "report/smoke-held_out.parquet", "report/smoke-bars.png"} <= (
+        store.artifacts(parent.info.run_id))
 
 
 def test_confidence_interval_uses_the_t_distribution():
