@@ -61,7 +61,7 @@ def suites_of(small_cfg, *overrides: str) -> tuple[object, Suites]:
 def test_a_suite_from_an_image_folder_is_degraded_bounded_and_scored_per_image(small_cfg, tmp_path):
     folder = tmp_path / "photos"
     chelsea = save_png(folder / "chelsea.png", photo("chelsea", 150))
-    astronaut = save_png(folder / "astronaut.jpg", photo("astronaut", 64))
+    save_png(folder / "astronaut.jpg", photo("astronaut", 64))
     (folder / "notes.txt").write_text("not an image")
     cfg, suites = suites_of(small_cfg, f"eval.suites.folder.images={folder}", "eval.suites.folder.max_side=120")
     names = [name for name, _, _ in suites.pairs["folder"]]
@@ -188,7 +188,7 @@ def test_niqe_is_scored_with_the_installed_basicsr_file_and_absent_without_it(sm
 
 
 @pytest.mark.parametrize(("overrides", "needle"), [
-    (["eval.suites.x.split=test", "eval.suites.x.images=here"], "a suite needs exactly one source, got ['split', 'images']"),
+    (["eval.suites.x.split=test", "eval.suites.x.images=a"], "needs exactly one source, got ['split', 'images']"),
     (["eval.suites.x.lr=here"], "paired files need both lr and hr folders"),
     (["eval.suites.x.lr=a", "eval.suites.x.hr=b", "eval.suites.x.degradation=bicubic"], "degradation must be none"),
     (["eval.suites.x.images=a", "eval.suites.x.degradation=none"], "degradation none is for paired files"),

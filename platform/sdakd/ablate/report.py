@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdakd.ablate.grid import EXPERIMENT, ROLE, Cell, load_grid
+from sdakd.ablate.grid import EXPERIMENT, ROLE, load_grid
 from sdakd.ablate.report_plots import macs_differ, metric_bars, pareto_plot
 from sdakd.ablate.report_table import QUALITY, TEST, knobs_table, markdown, measured, suite_section, summarise
 from sdakd.ablate.tune import apply_winners, finished_winners, studies
@@ -52,7 +52,8 @@ def report(name: str, uri: str | None = None, store: Store | None = None) -> pa.
     md.write_text(f"# Ablation grid {grid.name}\n\n{grid.description}\n\n{text}\n")
     files = [md]
     for section in sections:  # the test split's table as before; each suite's beside it
-        files.append(REPORTS_DIR / (f"{grid.name}.parquet" if section is TEST else f"{grid.name}-{section.name}.parquet"))
+        stem = grid.name if section is TEST else f"{grid.name}-{section.name}"
+        files.append(REPORTS_DIR / f"{stem}.parquet")
         pq.write_table(tables[section.name], files[-1])
     rows = test.to_pylist()
     metrics = [c.name for c in measured(test, QUALITY)]

@@ -112,7 +112,8 @@ def summarise(grid: str, cells: Sequence[Cell], records: list[dict[str, Any]], r
             "knobs": json.dumps(knobs(cell.cfg)),
         }
         for col in section.columns:
-            row[f"{col.name}_mean"], row[f"{col.name}_ci95"] = mean_ci(list(_by_seed(mine, section.metric(col)).values()))
+            values = list(_by_seed(mine, section.metric(col)).values())
+            row[f"{col.name}_mean"], row[f"{col.name}_ci95"] = mean_ci(values)
         for who in ("teacher", "bicubic"):
             row[f"{who}_psnr_y"] = mean_ci(list(_by_seed(mine, f"{section.references}{who}_psnr_y").values()))[0]
         for col in QUALITY:
@@ -164,12 +165,13 @@ def markdown(table: pa.Table, reference: str, section: Section = TEST) -> str:
               "\\* = both give p < 0.05 (never with one seed: its training noise is unknown).", "",
               "| cell | " + " | ".join(c.heading for c in compared) + " |", "|---|" + "---|" * len(compared)]
     lines += [f"| {label(r)} | " + " | ".join(_paired(r, c) for c in compared) + " |" for r in others]
-    lines += ["", f"**What the seeds can detect** (paired t-test over seeds, {ALPHA:g} level, {POWER * 100:.0f} % power):",
+    power = f"{POWER * 100:.0f} % power"
+    lines += ["", f"**What the seeds can detect** (paired t-test over seeds, {ALPHA:g} level, {power}):",
               "", "| cell | " + " | ".join(c.heading for c in compared) + " |", "|---|" + "---|" * len(compared)]
     lines += [f"| {label(r)} | " + " | ".join(_power(r, c) for c in compared) + " |" for r in others]
     lines += ["", "±MDD: the minimum detectable difference, the smallest difference to the reference that a paired "
-              f"t-test over this many seeds finds with {POWER * 100:.0f} % power at the {ALPHA:g} level, at the seed-to-seed "
-              "SD of the differences measured here; \"needs N seeds\" (where the difference is not significant): "
+              f"t-test over this many seeds finds with {power} at the {ALPHA:g} level, at the seed-to-seed SD of the "
+              "differences measured here; \"needs N seeds\" (where the difference is not significant): "
               "how many seeds the same test would need for a difference of the observed size at that SD; "
               "– with one seed or differences that do not vary."]
     return "\n".join(lines)

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from sdakd.config.eval_schema import SuiteConfig
 from sdakd.config.schema import ExperimentConfig
 from sdakd.data import DEGRADATIONS, read_split
-from sdakd.data.dataset import Dataset, ensure_dataset
 from sdakd.data.build import image_files
+from sdakd.data.dataset import Dataset, ensure_dataset
 from sdakd.errors import SdakdError
 from sdakd.evaluate.validator import Validator
 from sdakd.teacher.frozen import Teacher
@@ -136,7 +136,8 @@ class Suites:
 
     def __init__(self, cfg: ExperimentConfig, data: Dataset, device: torch.device, teacher: Teacher | None = None):
         self.cfg, self.teacher, self.device = cfg, teacher, device
-        self.pairs = {name: suite_pairs(name, suite, data.root, cfg.data.scale) for name, suite in cfg.eval.suites.items()}
+        self.pairs = {name: suite_pairs(name, suite, data.root, cfg.data.scale)
+                      for name, suite in cfg.eval.suites.items()}
         self._validators: dict[str, Validator] = {}
 
     def validator(self, name: str) -> Validator:
