@@ -140,8 +140,9 @@ def test_every_method_sees_the_same_second_order_lr(small_cfg, tmp_path):
     suite = ["eval.suites.real.split=test", "eval.suites.real.degradation=second_order",
              "eval.suites.real.max_side=200", "eval.suites.real.max_images=2", "eval.suites.real.seed=3"]
     runs = {}
-    for method in ("sdakd", "output_kd"):
-        cfg = small_cfg(*FAST, *suite, f"method={method}", f"run.out_dir={tmp_path / method}")
+    for method, stage_ends in (("sdakd", "true"), ("output_kd", "false")):
+        cfg = small_cfg(*FAST, *suite, f"method={method}", f"run.out_dir={tmp_path / method}",
+                        f"eval.suites.real.stage_ends={stage_ends}")
         exp = run(cfg)
         runs[method] = json.loads((tmp_path / method / "metrics.json").read_text())
     real = {method: m["suites"]["real"] for method, m in runs.items()}
@@ -149,6 +150,10 @@ def test_every_method_sees_the_same_second_order_lr(small_cfg, tmp_path):
     assert real["sdakd"]["images"] == ["brick", "camera"] and real["sdakd"]["degradation"] == "second_order"
     assert real["sdakd"]["per_image"]["psnr_y"] != real["output_kd"]["per_image"]["psnr_y"]  # other students
     assert real["sdakd"]["references"] == pytest.approx(real["output_kd"]["references"])  # same LR, same teacher
+    # scored at every stage end on request only (the last stage's EMA student is the final one)
+    assert all("suite.real.psnr_y" in runs["sdakd"]["stages"][stage] for stage in ("s1", "s2", "s3"))
+    assert runs["sdakd"]["stages"]["s3"]["suite.real.psnr_y"] == pytest.approx(real["sdakd"]["student"]["psnr_y"])
+    assert not any(key.startswith("suite.") for key in runs["output_kd"]["stages"]["s3"])
     others = {}
     for name, change in (("seed", "eval.suites.real.seed=4"), ("bicubic", "eval.suites.real.degradation=bicubic")):
         _, suites = suites_of(small_cfg, *FAST, *suite, change)

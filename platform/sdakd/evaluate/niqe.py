@@ -68,8 +68,8 @@ def niqe_unfit(sizes: list[tuple[int, int]], crop_border: int) -> str | None:
     blocks once `crop_border` is dropped (a covariance of one block's features is undefined)."""
     for height, width in sizes:
         if (height - 2 * crop_border) // BLOCK * ((width - 2 * crop_border) // BLOCK) < 2:
-            return (f"a validation image is {height}x{width} px; after the {crop_border}-px border NIQE needs at "
-                    f"least two {BLOCK}x{BLOCK} blocks (raise data.val_max_side)")
+            return (f"an image is {height}x{width} px; after the {crop_border}-px border NIQE needs at least two "
+                    f"{BLOCK}x{BLOCK} blocks (raise data.val_max_side, or a suite's max_side)")
     return None
 
 
