@@ -161,8 +161,10 @@ class SplitImages:
 
     def crop(self, i: int, top: int, left: int, size: int) -> torch.Tensor:
         """(3, size, size) uint8, copied out of the mapping (only these pixels are read)."""
-        pixels = self.array(i)[top : top + size, left : left + size].copy()  # never a view of the read-only map
-        return torch.from_numpy(pixels).permute(2, 0, 1)
+        # one copy, straight into a contiguous (3, H, W) array: never a view of the read-only map, and the layout
+        # every later op (and the previous store) had, so results stay bit-identical
+        pixels = np.array(self.array(i)[top : top + size, left : left + size].transpose(2, 0, 1), order="C")
+        return torch.from_numpy(pixels)
 
     def image(self, i: int, check: bool = True) -> torch.Tensor:
         """The whole image (3, H, W) uint8, contiguous; checked against its own sha256 when `check`."""
