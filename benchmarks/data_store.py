@@ -7,7 +7,7 @@ ranks started together; patches/s at GT 256, batch 12 for bicubic and second ord
 (StepBatches[step]) and the device path (StepBatches.clean + degrade_on_device, here on the CPU), one thread, the
 two stores' processes timed in alternating rounds. Then the extrapolation to DF2K and FFHQ-1024.
 
-    python -m benchmarks.data_store [--images 200] [--size 2040x1356] [--folder DIR] [--rounds 3] [--reuse-stores]
+    python -m benchmarks.data_store [--images 200] [--size 2040x1356] [--folder DIR] [--rounds 3] [--parts build,ranks,throughput]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ SERVER = textwrap.dedent("""
     step = 0
     for line in sys.stdin:
         path, degradation, count = line.split()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         for _ in range(int(count)):
             b = sets[degradation]
             if path == "loader":
@@ -71,7 +71,8 @@ SERVER = textwrap.dedent("""
             else:
                 degrade_on_device(b.clean(step), 4, torch.device("cpu"))
             step += 1
-        print(json.dumps(12 * int(count) / (time.perf_counter() - t)), flush=True)
+        # patches per second of this process's CPU time (what one core gives, whatever else the machine runs)
+        print(json.dumps(12 * int(count) / (time.process_time() - cpu)), flush=True)
 """)
 
 
@@ -137,7 +138,7 @@ def throughput(platforms: dict[str, Path], roots: dict[str, Path], rounds: int) 
     servers = {name: run_py(platforms[name], SERVER, roots[name], stdin=subprocess.PIPE) for name in platforms}
     for server in servers.values():
         assert server.stdout.readline().strip() == "ready"
-    variants = [("loader", "bicubic", 6), ("loader", "second_order", 2), ("clean", "second_order", 6),
+    variants = [("loader", "bicubic", 12), ("loader", "second_order", 4), ("clean", "second_order", 12),
                 ("device", "second_order", 4)]
     rates: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
     for r in range(rounds + 1):  # round 0 warms up
@@ -162,7 +163,8 @@ def main() -> None:
     parser.add_argument("--size", default="2040x1356")
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "sdakd-df2k-like")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--reuse-stores", action="store_true", help="skip the builds: measure the stores in --folder")
+    parser.add_argument("--parts", default="build,ranks,throughput",
+                        help="what to measure (without build: the stores already in --folder)")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     began = time.perf_counter()
@@ -175,12 +177,12 @@ def main() -> None:
         roots = {name: args.folder / f"store-{name}" for name in platforms}
         jobs = os.cpu_count() or 1
         results: dict[str, dict] = {"previous": {}, "this": {}}
-        if not args.reuse_stores:
+        if "build" in args.parts:
             results["previous"] = show("previous", build(platforms["previous"], images, roots["previous"], None))
             results["this"] = show("this", build(platforms["this"], images, roots["this"], 1))
             results["this"] |= show("this", {f"build_s_{jobs}_jobs": build(platforms["this"], images, roots["this"],
                                                                             jobs)["build_s"]})
-        for name in platforms:
+        for name in platforms if "ranks" in args.parts else ():
             for world in (1, 2, 4):
                 # the previous store decodes the whole split in every rank: more ranks than memory allows are skipped
                 one = results[name].get("ranks_1", {}).get("rss_gb", 0)
@@ -190,9 +192,9 @@ def main() -> None:
                     continue
                 results[name][f"ranks_{world}"] = show(name, {f"ranks_{world}": ranks(platforms[name], roots[name],
                                                                                       world)})[f"ranks_{world}"]
-        for name, rates in throughput(platforms, roots, args.rounds).items():
+        for name, rates in throughput(platforms, roots, args.rounds).items() if "throughput" in args.parts else ():
             results[name]["patches_per_s"] = show(name, {"patches_per_s": rates})["patches_per_s"]
-    if not args.reuse_stores:
+    if args.parts == parser.get_default("parts"):
         extrapolate(results, args.images, size)
     print(f"wall {time.perf_counter() - began:.0f} s")
 

@@ -233,7 +233,7 @@ def _checked(result: str) -> str:
 
 
 def _decode_into(item: tuple[int, tuple[str, str, int, tuple[int, int]]]) -> tuple[int, str]:
-    """Decode image k, write its (H, W, 3) pixels at `offset` of its file; (k, its sha256 or 'error:<why>')."""
+    """Decode image k, write its (3, H, W) pixels at `offset` of its file; (k, its sha256 or 'error:<why>')."""
     k, (source, target, offset, size) = item
     try:
         with Image.open(source) as img:
@@ -244,7 +244,7 @@ def _decode_into(item: tuple[int, tuple[str, str, int, tuple[int, int]]]) -> tup
         return k, f"error:{source} is not a readable image ({err}); fix or remove it"
     if rgb.size != size:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC)
-    pixels = np.asarray(rgb).tobytes()
+    pixels = np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1)).tobytes()  # planar: see store.py
     fd = os.open(target, os.O_WRONLY)
     try:
         os.pwrite(fd, pixels, offset)

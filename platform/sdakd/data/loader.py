@@ -6,8 +6,10 @@ ranks, sees exactly the pixels an uninterrupted single-process run would.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -112,6 +114,7 @@ class StepBatches(Dataset):
 
     def _crops(self, step: int) -> tuple[Tensor, Tensor, SecondOrderDraws | None]:
         """This rank's HR crops (B, 3, gt, gt), their factors (B,) and their second-order draws (None: bicubic)."""
+        keep_freed_memory()
         g = torch.Generator().manual_seed(step_seed(self.seed, step))
         total = self.batch_size * self.world_size
         # draw for the whole global batch so every rank consumes the same stream
@@ -147,6 +150,22 @@ class CleanCrops(Dataset):
 
     def __getitem__(self, step: int) -> dict[str, Any]:
         return self.batches.clean(step)
+
+
+@cache
+def keep_freed_memory() -> None:
+    """Keep the blocks of freed tensors for the next step instead of handing them back to the OS (glibc).
+
+    By default glibc returns large freed blocks and the next step's tensors fault their pages in again. The previous
+    store escaped that by accident: decoding every image into the rank's memory raised glibc's adaptive thresholds.
+    Set explicitly, per process (loader processes too): second-order patches/s on one core measured 1.2-1.9x higher
+    at GT 256 (benchmarks/RESULTS.md, the data store). What is kept is a step's working set, not the dataset."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator has its own policy
+        return
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MiB (glibc's maximum) come from the heap
+    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: the heap's free top is returned only beyond 256 MiB
 
 
 @contextmanager
