@@ -1,7 +1,8 @@
 """What would break or crawl on the first GPU run, pinned on CPU where it can be (issue 18's "GPU readiness").
 
 The tests marked `cuda` check on a GPU what a CPU cannot show; they skip without one, and benchmarks/gpu_check.sh
-runs them.
+runs them. Ray and MLflow are imported only inside the tests that use them: the GPU machines have neither, and
+the cuda tests must be collectable there.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import math
 import sys
 
 import pytest
-import ray
 import torch
 
 from conftest import synthetic_batches
@@ -173,6 +173,8 @@ def test_resume_loads_to_the_cpu_and_leaves_adam_steps_there(small_cfg, small_te
 
 
 def test_a_trial_without_gpus_trains_on_the_cpu(monkeypatch):
+    import ray
+
     from sdakd.ray_adapter.trial import one_worker_placement
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # `run.device: auto` alone would pick the GPU
@@ -183,6 +185,8 @@ def test_a_trial_without_gpus_trains_on_the_cpu(monkeypatch):
 
 
 def test_fractional_gpus_per_worker_are_refused_before_ray_starts(small_cfg):
+    import ray
+
     from sdakd.ray_adapter.train import train_distributed
     from sdakd.ray_adapter.trial import tune_trial
 
