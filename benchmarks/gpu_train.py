@@ -3,8 +3,8 @@ converted from the carried registry package (`teacher.weights: realesrgan-x4plus
 teacher's and bicubic's, and a sample image (LR | bicubic | student | teacher | GT) of the trained student.
 
 The command is the CLI's own (`sdakd.cli.main`), run in this process; no Ray, no MLflow. Changed from the preset:
-stages 100/100/200 steps; no teacher-D weights (trained here against the frozen teacher, 100 steps, as x4plus-cpu
-does); no perceptual term (no VGG19 weights file travels: a random VGG carries no signal); run and cache folders
+stages 50/50/200 steps (300 in all: the GAN stage longest); no teacher-D weights (trained here against the frozen
+teacher, 50 steps, as x4plus-cpu does with 100); no perceptual term (no VGG19 weights file travels: a random VGG carries no signal); run and cache folders
 under WORK_DIR. SDAKD_GPU_CHECK_DRY=1 without a GPU: 2 steps a stage, 2 teacher-D steps, GT 32 crops, on the CPU.
 
     python -m benchmarks.gpu_train WORK_DIR SAMPLE_PNG
@@ -26,7 +26,7 @@ from sdakd import cli
 
 PRESET = ("teacher.weights=realesrgan-x4plus", "teacher.d_weights=null", "loss.perceptual.weight=0",
           "run.checkpoint_every=1000")
-GPU = ("stages.s1.iters=100", "stages.s2.iters=100", "stages.s3.iters=200", "teacher.pretrain.d_iters=100",
+GPU = ("stages.s1.iters=50", "stages.s2.iters=50", "stages.s3.iters=200", "teacher.pretrain.d_iters=50",
        "run.log_every=50", "data.val_max_side=256", "run.eval_max_images=4", "run.latency_repeats=5")
 DRY = ("stages.s1.iters=2", "stages.s2.iters=2", "stages.s3.iters=2", "teacher.pretrain.d_iters=2",
        "teacher.pretrain.batch_size=1", "data.gt_size=32", "data.batch_size=2", "run.log_every=1",
