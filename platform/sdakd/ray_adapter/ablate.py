@@ -31,17 +31,19 @@ from sdakd.ray_adapter.tune_cells import run_studies
 from sdakd.teacher.cache import prepare_inputs
 from sdakd.tracking.cell_locks import CellLocks, claim_cells, lock_folder
 from sdakd.tracking.run import failure, tracked_run
-from sdakd.tracking.store import CELL_KEY, Store, git_tags, resolve_uri
+from sdakd.tracking.store import CELL_KEY, Store, check_reachable, git_tags, resolve_uri
 
 
 def ablate(name: str, seeds: Sequence[int] | None = None, force: bool = False, uri: str | None = None) -> bool:
     """Run the grid (`name`: a grid name or file) and print the report; False when a cell failed (it reruns next
     time)."""
     grid, cells = load_grid(name, seeds)
+    tracking_uri = resolve_uri(uri, cells[0].cfg.run.tracking_uri)
+    check_reachable(tracking_uri)  # before the suites are read: reading them may build the bundled dataset
     check_suites(c.cfg for c in cells)
     if grid.tune:  # each cell's own study first (finished ones are read back), then its winner's seeds
         cells = apply_winners(cells, run_studies(studies(grid, cells), uri))
-    store = Store(resolve_uri(uri, cells[0].cfg.run.tracking_uri))
+    store = Store(tracking_uri)
     experiment_id = store.experiment(EXPERIMENT)
     locks = CellLocks(lock_folder(store.uri))
     locks.take(f"grid-{grid.name}", block=True)  # two first runs of a grid make one parent, not two
