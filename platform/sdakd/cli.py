@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from sdakd.errors import SdakdError, without_torch_advice
+from sdakd.errors import SdakdError, bounded, without_torch_advice
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except SdakdError as err:
-        print(f"error: {without_torch_advice(str(err))}", file=sys.stderr)
+        print(f"error: {bounded(without_torch_advice(str(err)))}", file=sys.stderr)
         return getattr(err, "exit_code", 2)  # 1: a run that failed (sdakd.engine.loop.Diverged)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -16,61 +16,18 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sdakd.config.schema import ExperimentConfig
-from sdakd.errors import SdakdError
+from sdakd.config.yaml_files import TooLarge, load_yaml, read_yaml
+from sdakd.errors import SdakdError, cut, shown
 from sdakd.methods import METHODS
 
 PRESETS_PACKAGE = "sdakd.presets"
+MAX_KEY_PARTS = 16  # parts of a dotted override path
+MAX_PROBLEMS = 20  # the lines an invalid config's error lists
 
 
 def preset_names() -> list[str]:
     files = resources.files(PRESETS_PACKAGE).iterdir()
     return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
-
-
-class DuplicateKey(yaml.YAMLError):
-    pass
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load that refuses a mapping naming one key twice (PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<:` merges may be overridden on purpose; non-scalar keys fail in PyYAML itself
-            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
-            if key in first_line:
-                raise DuplicateKey(f"key {key!r} appears twice, on line {first_line[key]} and line {line}")
-            first_line[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def read_yaml(path: Path | str, text: str | None = None, kind: str = "config file") -> dict[str, Any]:
-    """The mapping a YAML file (or `text`, read from `path`) holds; `kind` names the file in errors."""
-    try:
-        data = load_yaml(text if text is not None else Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SdakdError(f"{kind} {path} does not exist") from None
-    except IsADirectoryError:
-        raise SdakdError(f"{kind} {path} is a folder; name a YAML file") from None
-    except UnicodeDecodeError as err:
-        raise SdakdError(f"{kind} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise SdakdError(f"{kind} {path} is unreadable ({err.strerror or err})") from None
-    except DuplicateKey as err:
-        raise SdakdError(f"{kind} {path}: {err}; name each key once") from None
-    except yaml.YAMLError as err:
-        raise SdakdError(f"{kind} {path} is not valid YAML: {err}") from None
-    if data is None or data == {}:
-        raise SdakdError(f"{kind} {path} is empty (or holds only comments): it sets nothing")
-    if not isinstance(data, dict):
-        raise SdakdError(f"{kind} {path} must hold a mapping at the top level, found {type(data).__name__}")
-    return data
 
 
 def preset_dict(name: str) -> dict[str, Any]:
@@ -94,11 +51,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`stages.s3.iters=200` -> ("stages.s3.iters", 200); values are YAML scalars or lists."""
     path, sep, raw = text.partition("=")
     if not sep or not path.strip():
-        raise SdakdError(f"override {text!r} must look like dotted.path=value (e.g. stages.s3.iters=200)")
+        raise SdakdError(f"override {shown(text)} must look like dotted.path=value (e.g. stages.s3.iters=200)")
+    if path.count(".") >= MAX_KEY_PARTS:
+        raise SdakdError(f"override {shown(text)}: its path has {path.count('.') + 1} parts; config paths have at "
+                         f"most {MAX_KEY_PARTS}")
     try:
         value = load_yaml(raw)
+    except TooLarge as err:
+        raise SdakdError(f"override {shown(text)}: {err}") from None
     except yaml.YAMLError as err:
-        raise SdakdError(f"override {text!r}: value is not valid YAML: {err}") from None
+        raise SdakdError(f"override {shown(text)}: value is not valid YAML: {err}") from None
     return path.strip(), value
 
 
@@ -116,13 +78,13 @@ def set_dotted(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 def _schema_problems(err: ValidationError) -> list[str]:
     lines = []
     for item in err.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        path = cut(".".join(str(p) for p in item["loc"])) or "<top level>"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             allowed = _allowed_fields(item["loc"][:-1])
             message = f"unknown field; allowed here: {', '.join(allowed)}" if allowed else "unknown field"
         elif item["type"] == "literal_error":
-            message = f"{message} (got {item.get('input')!r})"
+            message = f"{message} (got {shown(item.get('input'))})"
         lines.append(f"  {path}: {message}")
     return lines
 
@@ -142,11 +104,11 @@ def _method_options(cfg: ExperimentConfig) -> tuple[dict[str, BaseModel], list[s
     """Each `methods.<name>` section validated by that method's params model; the problems found."""
     problems = []
     if cfg.method not in METHODS:
-        problems.append(f"  method: unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")
+        problems.append(f"  method: unknown method {shown(cfg.method)}; known: {', '.join(METHODS.names())}")
     validated = {}
     for name, opts in cfg.methods.items():
         if name not in METHODS:
-            problems.append(f"  methods.{name}: unknown method {name!r}; known: {', '.join(METHODS.names())}")
+            problems.append(f"  methods.{cut(name)}: unknown method {shown(name)}; known: {', '.join(METHODS.names())}")
             continue
         options_model = METHODS.get(name).Options
         try:
@@ -165,11 +127,16 @@ def validate(data: Mapping[str, Any], source: str = "config") -> ExperimentConfi
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise SdakdError(f"invalid config ({source}):\n" + "\n".join(_schema_problems(err))) from None
+        raise _invalid(source, _schema_problems(err)) from None
     options, problems = _method_options(cfg)
     if problems:
-        raise SdakdError(f"invalid config ({source}):\n" + "\n".join(problems))
+        raise _invalid(source, problems)
     return cfg.model_copy(update={"methods": options})
+
+
+def _invalid(source: str, problems: list[str]) -> SdakdError:
+    more = [f"  ... and {len(problems) - MAX_PROBLEMS} more"] if len(problems) > MAX_PROBLEMS else []
+    return SdakdError(f"invalid config ({source}):\n" + "\n".join(problems[:MAX_PROBLEMS] + more))
 
 
 def load_config(
@@ -194,7 +161,7 @@ def load_config(
     for text in overrides:
         key, value = parse_override(text)
         data = set_dotted(data, key, value)
-        sources.append(f"--set {text}")
+        sources.append(f"--set {cut(text)}")
     return validate(data, ", ".join(sources) or "defaults")
 
 
@@ -203,7 +170,7 @@ def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> Exper
     data = cfg.to_dict()
     for key, value in overrides.items():
         data = set_dotted(data, key, value)
-    return validate(data, "overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    return validate(data, "overrides " + ", ".join(cut(f"{k}={v}") for k, v in overrides.items()))
 
 
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
