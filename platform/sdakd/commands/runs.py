@@ -59,11 +59,12 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 def cmd_teacher_import(args: argparse.Namespace) -> None:
     import torch
 
+    from sdakd.files import output_file
     from sdakd.models.ncnn import import_ncnn
 
-    state, spec = import_ncnn(args.param, args.bin, args.arch)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"params_ema": state}, args.out)
+    with output_file(args.out, (args.param, args.bin)) as partial:
+        state, spec = import_ncnn(args.param, args.bin, args.arch)
+        torch.save({"params_ema": state}, partial)
     params = sum(v.numel() for v in state.values())
     sizes = " ".join(f"{k}={v}" for k, v in spec.items())
     print(f"wrote {args.out}: {args.arch} {sizes}, {params:,} parameters (key params_ema; official key names)")

@@ -54,7 +54,12 @@ def _number(text: str) -> int | float:
 
 
 def read_param(path: Path) -> list[Layer]:
-    lines = [ln.split() for ln in Path(path).read_text().splitlines()]
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SdakdError(f"{path}: not an ncnn .param file ({err.reason} at byte {err.start}: not text; is it the "
+                         ".bin? name the .param first)") from None
+    lines = [ln.split() for ln in text.splitlines()]
     if not lines or lines[0] != [str(MAGIC)]:
         raise SdakdError(f"{path}: not an ncnn .param file (the first line must be the magic {MAGIC})")
     layers = []
@@ -137,13 +142,18 @@ def infer_spec(arch: str, layers: list[Layer], path: Path) -> dict[str, int]:
             blocks, rest = divmod(len(convs) - 6, 15)
             if rest or blocks < 1:
                 raise ValueError(f"{len(convs)} convolutions is not 6 + 15 per RRDB")
-            return {"num_feat": convs[0].params[0], "num_block": blocks, "num_grow_ch": convs[1].params[0]}
-        if arch == "srvgg_compact":
+            spec = {"num_feat": convs[0].params[0], "num_block": blocks, "num_grow_ch": convs[1].params[0]}
+        elif arch == "srvgg_compact":
             shuffle = next(layer for layer in layers if layer.type == "PixelShuffle")
-            return {"num_feat": convs[0].params[0], "num_conv": len(convs) - 2, "upscale": shuffle.params[0]}
+            spec = {"num_feat": convs[0].params[0], "num_conv": len(convs) - 2, "upscale": shuffle.params[0]}
+        else:
+            raise SdakdError(f"unknown architecture {arch!r} for the ncnn importer; known: {', '.join(ARCHS)}")
     except (IndexError, KeyError, StopIteration, ValueError) as err:
         raise SdakdError(f"{path}: not an ncnn {arch}: {err or 'missing layers'}") from None
-    raise SdakdError(f"unknown architecture {arch!r} for the ncnn importer; known: {', '.join(ARCHS)}")
+    for name, size in spec.items():  # every count the layers are then checked against derives from these
+        if not isinstance(size, int) or size < 1:
+            raise SdakdError(f"{path}: not an ncnn {arch}: {name} {size}, where a size is a whole number >= 1")
+    return spec
 
 
 def expected_ops(arch: str, spec: dict[str, int]) -> list[Op]:
@@ -222,7 +232,7 @@ def import_ncnn(param: Path | str, bin_path: Path | str, arch: str) -> tuple[dic
     blobs = Blobs(bin_path)
     state: dict[str, torch.Tensor] = {}
     for layer, op in check_structure(arch, spec, layers, param):
-        p = layer.params
+        p = dict(op.attrs)  # the sizes the layer was checked to have, as whole numbers
         if op.type == "Convolution":
             out, k = p[0], p[1]
             weight = blobs.tagged(p[6], f"{op.key}.weight").reshape(out, p[6] // (out * k * k), k, k)

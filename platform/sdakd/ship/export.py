@@ -3,25 +3,27 @@
 Both take `input` (N, 3, H, W) float32 RGB in [0, 1], with N, H and W dynamic (H and W multiples of the
 network's side step: 1, or 2/4 for RRDBNet at scale 2/1), and give `output` (N, 3, s*H, s*W), not clamped.
 Before a file is reported written, it is run (onnxruntime for ONNX) and compared with PyTorch on random inputs
-of two sizes and on a real photograph; a difference above TOLERANCE deletes it and fails.
+of two sizes and on a real photograph; a difference above TOLERANCE fails and leaves no file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from sdakd.errors import SdakdError
+from sdakd.files import output_file
 from sdakd.ship.networks import network, scale_of, side_multiple
-from sdakd.ship.runtimes import INPUT, META_FILE, OUTPUT, onnx_upscaler, optional, program_upscaler
+from sdakd.ship.runtimes import INPUT, META_FILE, OUTPUT, onnx_upscaler, optional
 
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2"}
 OPSET = 18  # ONNX opset of the exported graph (onnxruntime >= 1.14 runs it)
@@ -75,7 +77,8 @@ def _quiet_exporter() -> Iterator[None]:
             log.setLevel(level)
 
 
-def write_onnx(net: nn.Module, out: Path, meta: Mapping[str, Any]) -> None:
+def write_onnx(net: nn.Module, out: Path, meta: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Write `net` to `out` as ONNX; onnxruntime running the written file."""
     onnx = optional("onnx")
     optional("onnxscript")  # torch's ONNX exporter is built on it
     with _quiet_exporter():
@@ -89,11 +92,18 @@ def write_onnx(net: nn.Module, out: Path, meta: Mapping[str, Any]) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = f"sdakd.{key}", str(value)
     onnx.save(model, str(out))
+    return onnx_upscaler(out, torch.device("cpu")).forward
 
 
-def write_program(net: nn.Module, out: Path, meta: Mapping[str, Any]) -> None:
+def write_program(net: nn.Module, out: Path, meta: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Write `net` to `out` as a saved torch.export program; the program loaded back from the bytes written (this
+    process made them: sdakd loads no .pt2 file, see runtimes.load_upscaler)."""
     program = torch.export.export(net, (torch.rand(EXAMPLE_SHAPE),), dynamic_shapes=(_dynamic(side_multiple(net)),))
-    torch.export.save(program, str(out), extra_files={META_FILE: json.dumps(dict(meta))})
+    saved = io.BytesIO()
+    torch.export.save(program, saved, extra_files={META_FILE: json.dumps(dict(meta))})
+    out.write_bytes(saved.getvalue())
+    saved.seek(0)
+    return torch.export.load(saved).module()
 
 
 def export_model(
@@ -104,16 +114,14 @@ def export_model(
     net = network(Path(source), arch, params).float().cpu()
     step = side_multiple(net)
     meta = {"scale": scale_of(net), "multiple": step, "arch": type(net).__name__, "source": Path(source).name}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (write_onnx if fmt == "onnx" else write_program)(net, out, meta)
-    device = torch.device("cpu")
-    runtime = onnx_upscaler(out, device) if fmt == "onnx" else program_upscaler(out, device)
-    differences = {}
-    with torch.inference_mode():
-        for name, x in check_inputs(step).items():
-            differences[name] = (runtime.forward(x) - net(x)).abs().max().item()
-    worst = max(differences.values())
-    if not worst <= TOLERANCE:
-        out.unlink()
-        raise SdakdError(f"{out}: the exported model differs from PyTorch by {worst:.3g} (> {TOLERANCE}); deleted it")
+    with output_file(out, [Path(source)]) as partial:
+        exported = (write_onnx if fmt == "onnx" else write_program)(net, partial, meta)
+        differences = {}
+        with torch.inference_mode():
+            for name, x in check_inputs(step).items():
+                differences[name] = (exported(x) - net(x)).abs().max().item()
+        worst = max(differences.values())
+        if not worst <= TOLERANCE:  # the partial file is removed, an existing `out` kept
+            raise SdakdError(f"{out}: the exported model differs from PyTorch by {worst:.3g} (> {TOLERANCE}); "
+                             "not written")
     return differences

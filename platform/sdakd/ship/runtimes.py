@@ -1,4 +1,8 @@
-"""What runs a shipped network: PyTorch eager, onnxruntime on an .onnx file, or a saved torch.export program.
+"""What runs a shipped network: PyTorch eager, or onnxruntime on an .onnx file.
+
+A saved torch.export program (.pt2, what `sdakd export --format exported-program` writes) is refused:
+torch.export.load unpickles weights stored as pickles and evaluates the shape expressions in the file with sympy
+(Python's eval), so a .pt2 can run any code, and torch has no mode that loads one without either.
 
 Every runtime maps a float32 NCHW RGB batch in [0, 1] (on the CPU) to the same at `scale` times the size; its
 output is not clamped (Real-ESRGAN's convention: clamp when writing pixels).
@@ -8,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +27,6 @@ DEPLOY_EXTRA = 'pip install "sdakd[deploy]"'
 INPUT, OUTPUT = "input", "output"  # the exported models' tensor names
 META_FILE = "sdakd.json"  # an exported program's extra file: {"scale": .., "multiple": .., ...}; ONNX: sdakd.<key>
 FOREIGN_MULTIPLE = 4  # an .onnx without our metadata: sides padded to a multiple that every Real-ESRGAN net takes
-EXPORTED_SUFFIXES = (".onnx", ".pt2")
 
 
 def optional(module: str) -> ModuleType:
@@ -81,21 +83,6 @@ def onnx_upscaler(path: Path, device: torch.device, threads: int | None = None) 
     return _with_meta(forward, meta, f"onnxruntime {path.name}")
 
 
-def program_upscaler(path: Path, device: torch.device) -> Upscaler:
-    extra = {META_FILE: ""}
-    try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise SdakdError(f"{path}: not a saved torch.export program ({' '.join(str(err).split())[:300]})") from None
-    module = program.module().to(device)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return module(x.to(device)).float().cpu()
-
-    return _with_meta(forward, json.loads(extra[META_FILE] or "{}"), f"exported program {path.name}")
-
-
 def _with_meta(forward: Callable[[torch.Tensor], torch.Tensor], meta: Mapping[str, Any], name: str) -> Upscaler:
     """An exported model's scale and side multiple from its metadata, else the scale measured on a small input."""
     multiple = int(meta.get("multiple", FOREIGN_MULTIPLE))
@@ -106,17 +93,19 @@ def _with_meta(forward: Callable[[torch.Tensor], torch.Tensor], meta: Mapping[st
 def load_upscaler(
     path: Path, device: torch.device, bf16: bool = False, arch: str | None = None, params: Mapping[str, Any] = ()
 ) -> Upscaler:
-    """The runtime for `path`: .onnx -> onnxruntime, .pt2 -> torch.export program, else a PyTorch network."""
+    """The runtime for `path`: .onnx -> onnxruntime, else a PyTorch network (a .pt2 is refused, see above)."""
     path = Path(path)
-    exported = path.suffix in EXPORTED_SUFFIXES
+    if path.suffix == ".pt2":
+        raise SdakdError(f"{path}: sdakd does not load saved torch.export programs: torch.export.load can run code "
+                         "a .pt2 carries (pickled weights, shape expressions it evaluates); upscale with the run "
+                         "folder, its student.pt or an .onnx export")
+    exported = path.suffix == ".onnx"
     if bf16 and (device.type != "cuda" or exported):
         raise SdakdError(f"--bf16 applies to PyTorch networks on a CUDA device (got {device.type}, {path.name})")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SdakdError(f"--device {device}: torch sees no CUDA device here; use --device cpu (or auto)")
     if exported and not path.is_file():
         raise SdakdError(f"{path} does not exist")
-    if path.suffix == ".onnx":
+    if exported:
         return onnx_upscaler(path, device)
-    if path.suffix == ".pt2":
-        return program_upscaler(path, device)
     return torch_upscaler(network(path, arch, params), device, bf16, name=path.name)

@@ -24,7 +24,7 @@ from sdakd.search.space import Space, Suggest
 from sdakd.search.summary import Summary, best_table
 from sdakd.tracking import plots
 from sdakd.tracking.run import TrackedRun, start_child_run
-from sdakd.tracking.store import Store
+from sdakd.tracking.store import Store, quoted
 
 EXPERIMENT = "sdakd-searches"
 ROLE = "search"
@@ -42,7 +42,7 @@ class SearchRun:
     parent: str
 
     def trial_run(self, client: MlflowClient, trial_id: str) -> str | None:
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent}' and tags.`{TRIAL_ID}` = '{trial_id}'"
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(self.parent)} and tags.`{TRIAL_ID}` = {quoted(trial_id)}"
         found = client.search_runs([self.experiment_id], query, max_results=1)
         return found[0].info.run_id if found else None
 

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from sdakd.config.project import REPO_ROOT
-from sdakd.errors import SdakdError
+from sdakd.errors import SdakdError, shown
 
 URI_ENV = "SDAKD_TRACKING_URI"
 DEFAULT_DB = "mlflow.db"
@@ -34,6 +34,15 @@ STORE_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssq
 ROLE, GROUP, SEED = "sdakd.role", "sdakd.group", "sdakd.seed"
 CONFIG_HASH = "sdakd.config_hash"  # a cell x seed: what `ablate` skips when finished
 CELL_KEY = "sdakd.cell_key"  # a cell across seeds: a row of the report
+
+
+def quoted(value: str) -> str:
+    """`value` as a string in an MLflow search filter, which takes 'x' or "x" and no escapes within them."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise SdakdError(f"{shown(value)} holds both ' and \": MLflow's run search cannot match it; rename it")
 
 
 def resolve_uri(cli: str | None = None, configured: str | None = None) -> str:
@@ -157,7 +166,7 @@ class Store:
         return self.client.create_experiment(name, artifact_location=location)
 
     def _parent(self, experiment_id: str, role: str, group: str) -> Run | None:
-        query = f"tags.`{ROLE}` = '{role}' and tags.`{GROUP}` = '{group}'"
+        query = f"tags.`{ROLE}` = {quoted(role)} and tags.`{GROUP}` = {quoted(group)}"
         runs = self.client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
@@ -184,7 +193,7 @@ class Store:
     def children(self, parent: str, status: str) -> list[dict[str, Any]]:
         """The parent's child runs in `status` (RUNNING, FINISHED, ...), as `finished` lists them."""
         run = self.client.get_run(parent)
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = '{status}'"
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(parent)} and attributes.status = {quoted(status)}"
         records, token = [], None
         while True:
             page = self.client.search_runs([run.info.experiment_id], query, page_token=token)
