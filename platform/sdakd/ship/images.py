@@ -1,4 +1,5 @@
-"""Image files in and out of the upscaler: modes, bit depth, alpha, and where each output goes.
+"""Image files in and out of the upscaler: modes, bit depth, alpha; animations refused (`outputs` says where each
+output goes).
 
 The network sees RGB in [0, 1]. Greyscale images go through it as three equal channels and come back to one
 (ITU-R 601 luma, as Pillow converts); an alpha channel is upscaled bicubically beside it. 8-bit files stay 8-bit,
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,7 +19,6 @@ from PIL import Image, ImageOps
 
 from sdakd.errors import SdakdError
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what a folder input contributes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 JPEG_QUALITY = 95
 GREY_16 = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit greyscale (older Pillows: I)
@@ -36,10 +36,17 @@ class Picture:
     info: dict[str, Any] = field(default_factory=dict)  # what the writer passes on (ICC profile)
 
 
-def read_picture(path: Path) -> Picture:
-    """The image at `path`; SdakdError naming it when it is unreadable (missing, truncated, not an image)."""
+def read_picture(path: Path, check_size: Callable[[int, int], None] = lambda width, height: None) -> Picture:
+    """The image at `path`, once `check_size(width, height)` let it be decoded; SdakdError naming it when it is
+    unreadable (missing, truncated, not an image) or an animation (GIF, APNG, WebP, TIFF pages: upscaling its first
+    frame alone would drop the rest without a word)."""
     try:
         with Image.open(path) as img:
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1 and img.format != "MPO":  # MPO: a camera's JPEG with its preview frames
+                raise SdakdError(f"{path}: an animation or multi-page file of {frames} frames; upscale takes single "
+                                 "images: split its frames into files first (e.g. ffmpeg -i IN frame%04d.png)")
+            check_size(*img.size)
             img.load()
             stored = "JPEG" if img.format == "MPO" else img.format or "PNG"  # MPO: a camera's JPEG
             return _picture(ImageOps.exif_transpose(img), stored)
@@ -81,28 +88,3 @@ def write_picture(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None, lik
     options = dict(like.info) | ({"quality": JPEG_QUALITY} if like.format == "JPEG" else {})
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=like.format, **options)
-
-
-def output_paths(inputs: list[Path], out: Path) -> dict[Path, Path]:
-    """Each input image and where its output goes: `out/NAME` for a file, `out/RELATIVE/PATH` for a folder's
-    images (found recursively by suffix: SUFFIXES). Missing inputs, and two inputs writing one output, are refused
-    before any work."""
-    pairs: dict[Path, Path] = {}
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
-            pairs |= {p: out / p.relative_to(item) for p in found}
-        elif item.exists():
-            pairs[item] = out / item.name
-        else:
-            raise SdakdError(f"{item}: no such image file or folder")
-    if not pairs:
-        raise SdakdError(f"no images in {', '.join(map(str, inputs))} (suffixes {', '.join(SUFFIXES)})")
-    targets: dict[Path, Path] = {}
-    for source, target in pairs.items():
-        if target.resolve() == source.resolve():
-            raise SdakdError(f"{source}: its output would overwrite it; pick another --out")
-        if target in targets:
-            raise SdakdError(f"{targets[target]} and {source} would both write {target}; upscale them separately")
-        targets[target] = source
-    return pairs

@@ -46,6 +46,7 @@ class Upscaler:
     scale: int
     multiple: int
     name: str
+    tile_bytes: float = 0.0  # working memory per output pixel of a tile, where known (PyTorch networks)
 
 
 def torch_upscaler(net: nn.Module, device: torch.device, bf16: bool = False, name: str = "") -> Upscaler:
@@ -56,7 +57,27 @@ def torch_upscaler(net: nn.Module, device: torch.device, bf16: bool = False, nam
         with torch.inference_mode(), autocast:
             return net(x.to(device)).float().cpu()
 
-    return Upscaler(forward, scale_of(net), side_multiple(net), name or type(net).__name__)
+    scale, multiple = scale_of(net), side_multiple(net)
+    return Upscaler(forward, scale, multiple, name or type(net).__name__, layer_bytes(net, device, multiple, scale))
+
+
+def layer_bytes(net: nn.Module, device: torch.device, multiple: int, scale: int) -> float:
+    """Float32 bytes per output pixel that `net`'s largest layer holds at once (its inputs and output), measured on
+    a small probe: the part of a tile's working memory that grows with the tile."""
+    side, largest = 8 * multiple, 0
+
+    def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        nonlocal largest
+        largest = max(largest, sum(t.numel() for t in (*inputs, output) if isinstance(t, torch.Tensor)))
+
+    hooks = [m.register_forward_hook(record) for m in net.modules() if not any(m.children())]
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(1, 3, side, side, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 4 * largest / (side * scale) ** 2
 
 
 def onnx_upscaler(path: Path, device: torch.device, threads: int | None = None) -> Upscaler:
