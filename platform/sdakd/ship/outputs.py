@@ -74,7 +74,8 @@ def output_paths(inputs: list[Path], out: Path) -> tuple[dict[Path, Path], list[
         same = files.get(_identity(target)) if kind_of(target) is None else None
         if same is not None:
             link = "" if resolved == same.resolve() else " (a hard link to it)"
-            raise SdakdError(f"{source}: its output {target} is the input {same}{link}; pick another --out")
+            what = "it" if same == source else f"the input {same}"
+            raise SdakdError(f"{source}: its output {target} would overwrite {what}{link}; pick another --out")
         if target in targets:
             raise SdakdError(f"{targets[target]} and {source} would both write {target}; upscale them separately")
         targets[target] = source
