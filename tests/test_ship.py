@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,12 +15,13 @@ from PIL import Image
 
 from sdakd.cli import main
 from sdakd.config.load import load_config
+from sdakd.errors import SdakdError
 from sdakd.models import RRDBNet, SRVGGNetCompact, save_official
 from sdakd.pipeline import train
 from sdakd.ship.networks import file_network, student_network
 from sdakd.ship.runtimes import torch_upscaler
 from sdakd.ship.tiling import upscale_image
-from sdakd.tracking.model import MODEL_TAG
+from sdakd.tracking.model import MODEL_TAG, load_student, log_student_model
 from sdakd.tracking.run import tracked_run
 from sdakd.tracking.store import Store
 
@@ -225,3 +227,57 @@ def test_logged_student_loads_back_as_pyfunc_and_registers(tracked, student, tmp
     assert main(["register", bare, "--name", "tiny-student", "--tracking-uri", tracked["uri"],
                  "--run-folder", str(tracked["folder"])]) == 0  # fmt: skip
     assert np.array_equal(mlflow.pyfunc.load_model("models:/tiny-student/2").predict(x), expected)
+
+
+class Payload:
+    """Unpickling it creates `marker`."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_tampered_model_artifact_runs_no_code_on_load(tracked, student, tmp_path, monkeypatch):
+    """Issue #26: whoever can write the artifact store replaces the model's files; loading it runs nothing."""
+    import cloudpickle
+
+    client = mlflow.MlflowClient(tracking_uri=tracked["uri"])
+    run_id = client.create_run(tracked["experiment"]).info.run_id
+    uri = log_student_model(client, run_id, tracked["folder"])
+    location = client.get_logged_model(uri.removeprefix("models:/")).artifact_location
+    artifacts = Path(location.removeprefix("file://"))
+    names = sorted(str(p.relative_to(artifacts)) for p in artifacts.rglob("*") if p.is_file())
+    assert not [n for n in names if n.endswith((".pkl", ".py"))], names  # no pickle, no code stored
+    assert {"MLmodel", "data/student/config.yaml", "data/student/student.pt"} <= set(names)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["uri"])
+    x = image(20, 24).numpy()
+    with torch.inference_mode():
+        expected = student(torch.from_numpy(x)).numpy()
+    marker = tmp_path / "pwned"
+    # a CloudPickle payload where MLflow's pickled python models keep theirs: never read
+    (artifacts / "python_model.pkl").write_bytes(cloudpickle.dumps(Payload(marker)))
+    assert np.array_equal(mlflow.pyfunc.load_model(uri).predict(x), expected)
+    assert not marker.exists()
+    # the weights or the config replaced by payloads: refused, not run
+    data = artifacts / "data" / "student"
+    originals = {name: (data / name).read_bytes() for name in ("student.pt", "config.yaml")}
+    torch.save({"body.0.weight": Payload(marker)}, data / "student.pt")
+    with pytest.raises(SdakdError, match="not a plain weights file"):
+        mlflow.pyfunc.load_model(uri)
+    (data / "student.pt").write_bytes(originals["student.pt"])
+    (data / "config.yaml").write_text(f"preset: !!python/object/apply:pathlib.Path.touch [{marker}]\n")
+    with pytest.raises(SdakdError, match="not valid YAML"):
+        mlflow.pyfunc.load_model(uri)
+    (data / "config.yaml").write_bytes(originals["config.yaml"])
+    assert not marker.exists()
+    # an MLmodel pointed at MLflow's own pickle loader: load_student reads our two files or nothing
+    mlmodel = (artifacts / "MLmodel").read_text()
+    (artifacts / "MLmodel").write_text(mlmodel.replace("loader_module: sdakd.tracking.model",
+                                                       "loader_module: mlflow.pyfunc.model"))  # fmt: skip
+    with pytest.raises(SdakdError, match="not an sdakd student model"):
+        load_student(uri, tracked["uri"])
+    (artifacts / "MLmodel").write_text(mlmodel)
+    assert np.array_equal(load_student(uri, tracked["uri"]).predict(x), expected)
+    assert not marker.exists()

@@ -149,6 +149,9 @@ def load_config(
     sources = []
     file_data = read_yaml(path) if path is not None else {}
     base = file_data.pop("preset", None)
+    if base is not None and not isinstance(base, str):
+        raise SdakdError(f"{path}: preset must name a preset, found {shown(base)}; known presets: "
+                         f"{', '.join(preset_names())}")
     if preset and base and preset != base:
         raise SdakdError(f"preset {preset!r} was given, but {path} names preset {base!r}: name one preset")
     for name in dict.fromkeys((preset, base)):  # the same preset named twice is merged once
