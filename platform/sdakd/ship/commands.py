@@ -63,7 +63,8 @@ def add_ship_commands(sub: argparse._SubParsersAction, tracking: argparse.Argume
     upscale = sub.add_parser("upscale", help="upscale image files or folders with a student, teacher or export")
     upscale.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     upscale.add_argument("--model", type=Path, required=True,
-                         help="run folder, student.pt, training checkpoint, official .pth, .onnx or .pt2")
+                         help="run folder, student.pt, training checkpoint, official .pth or .onnx (not .pt2: "
+                         "loading one can run code it carries)")
     upscale.add_argument("--out", type=Path, required=True, help="output folder (same names and formats)")
     upscale.add_argument("--tile", type=int, default=512, help="largest tile side in input pixels; 0: whole image")
     upscale.add_argument("--overlap", type=int, default=32,
