@@ -31,7 +31,8 @@ def bounded(message: str) -> str:
 # tells to set weights_only to False.
 _ADVICE_OPENINGS = (
     "Weights only load failed", "This file can still be loaded", "In PyTorch 2.6, we changed", "(1) In PyTorch",
-    "(2) Alternatively", "Do it only if you", "Please use `torch.serialization.", "Check the documentation of torch.load",
+    "(2) Alternatively", "Do it only if you", "Please use `torch.serialization.",
+    "Check the documentation of torch.load",
 )
 _UNPICKLER = "WeightsUnpickler error:"  # older torch: the cause follows this on the advice's own line
 

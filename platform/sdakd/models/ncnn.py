@@ -231,7 +231,7 @@ def import_ncnn(param: Path | str, bin_path: Path | str, arch: str) -> tuple[dic
     spec = infer_spec(arch, layers, param)
     blobs = Blobs(bin_path)
     state: dict[str, torch.Tensor] = {}
-    for layer, op in check_structure(arch, spec, layers, param):
+    for _, op in check_structure(arch, spec, layers, param):
         p = dict(op.attrs)  # the sizes the layer was checked to have, as whole numbers
         if op.type == "Convolution":
             out, k = p[0], p[1]
