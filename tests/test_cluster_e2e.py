@@ -11,66 +11,20 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from local_processes import BIN, free_port, stop_tree, wait_for
+
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 SEARCH_TRIALS = 6  # search_spaces/smoke.yaml's samples
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[:3]} exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answered (Ray's dashboard wants the cluster's token)
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_tree(process: subprocess.Popen) -> None:
-    """SIGTERM the process and everything it started, then SIGKILL what is left after 20 s."""
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for proc in tree:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    process.wait(timeout=10)
 
 
 @pytest.fixture

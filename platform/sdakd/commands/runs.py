@@ -15,6 +15,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sdakd.pipeline import train
 
     resume = True if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    if args.spread and args.workers is None:
+        from sdakd.errors import SdakdError
+
+        raise SdakdError("--spread places Ray Train workers on separate nodes: it needs --workers N (N >= 2)")
     if args.workers is None:
         metrics = train(cfg, resume=resume, warm_start=args.warm_start).metrics
     else:
@@ -22,7 +26,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         metrics = train_distributed(
             cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-            resume=resume, warm_start=args.warm_start,
+            spread=args.spread, resume=resume, warm_start=args.warm_start,
         ).return_value
     out = out_dir_for(cfg)
     s, r = metrics["student"], metrics["references"]
@@ -93,6 +97,10 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--gpus-per-worker", type=float, default=0, help="with --workers (default 0: CPU)")
     train.add_argument("--cpus-per-worker", type=float, default=1, help="with --workers; also each one's threads")
+    train.add_argument(
+        "--spread", action="store_true",
+        help="with --workers: each worker on a node of its own (DDP between nodes); waits for enough nodes",
+    )
     train.set_defaults(handler=cmd_train)
 
     teacher = sub.add_parser(

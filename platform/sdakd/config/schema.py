@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from sdakd.config.eval_schema import EvalConfig
 from sdakd.config.frozen import Frozen
 
-
 # Teachers converted from a registry package (sdakd.teacher.named); any other `teacher.weights` is a file path.
 NAMED_TEACHERS = ("realesrgan-x4plus", "realesrgan-x4plus-anime-6b", "realesr-animevideov3")
 
@@ -183,8 +182,9 @@ class RunConfig(Frozen):
         "None = env SDAKD_STORAGE_PATH, else <cwd>/ray_results",
     )
     max_failures: int = Field(
-        2, ge=-1, description="Ray Train restarts from the last checkpoint, and retries of a worker group that did "
-        "not start; -1 = unlimited",
+        2, ge=-1, description="restarts from the last checkpoint after a failure (a lost node, a killed process): of a "
+        "Ray Train worker group, of a search trial or a grid cell (Tune); and retries of a worker group that did not "
+        "start; -1 = unlimited",
     )
     max_d_loss: float | None = Field(
         1e4, gt=0, description="a discriminator loss (a term or the weighted total) above this stops the run as "

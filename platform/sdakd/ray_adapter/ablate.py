@@ -9,7 +9,10 @@ instead of pretraining the same teacher twice.
 
 from __future__ import annotations
 
+import json
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,10 +30,13 @@ from sdakd.engine.loop import Diverged
 from sdakd.evaluate.suites import check_suites
 from sdakd.pipeline import train
 from sdakd.ray_adapter.cluster import connect, raised, storage_root
+from sdakd.ray_adapter.retries import Retries
+from sdakd.ray_adapter.train import RayReport, report_file
+from sdakd.ray_adapter.trainer import DIVERGED
 from sdakd.ray_adapter.tune_cells import run_studies
 from sdakd.teacher.cache import prepare_inputs
 from sdakd.tracking.cell_locks import CellLocks, claim_cells, lock_folder
-from sdakd.tracking.run import failure, tracked_run
+from sdakd.tracking.run import TRIAL_ID, failure, tracked_run
 from sdakd.tracking.store import CELL_KEY, Store, check_reachable, git_tags, resolve_uri
 
 
@@ -95,6 +101,7 @@ def run_cells(
     jobs = {f"{i:03d}-{c.run_name}": c for i, c in enumerate(cells)}
     context = {"uri": uri, "experiment_id": experiment_id, "parent": parent, "grid": grid, "command": command,
                "tags": git_tags()}
+    retries = cells[0].cfg.run.max_failures  # run.* is outside the config hash: one value for the whole grid
     trainable = tune.with_resources(tune.with_parameters(run_cell, jobs=jobs, context=context), {"cpu": 1, "gpu": gpu})
     tuner = tune.Tuner(
         trainable,
@@ -104,7 +111,10 @@ def run_cells(
             name=f"ablate-{grid}-{time.strftime('%Y%m%d-%H%M%S')}",
             # a cluster's bucket (run.storage_path / SDAKD_STORAGE_PATH) keeps each cell's final checkpoint
             storage_path=storage_root(cells[0].cfg) or str(Path("runs", "ablate", grid, "tune").resolve()),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # a cell whose process or node dies runs again from its last checkpoint
+            failure_config=tune.FailureConfig(max_failures=retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest is all a retry needs
+            callbacks=[Retries(uri, experiment_id, parent, retries, "cell")],
             verbose=1,
         ),
     )
@@ -113,11 +123,21 @@ def run_cells(
     finally:
         if started:
             ray.shutdown()  # flushes the workers' log lines now, before the report is printed
-    return {jobs[r.config["cell"]].run_name: raised(r.error) for r in results if r.error}
+    failed = {jobs[r.config["cell"]].run_name: raised(r.error) for r in results if r.error}
+    for r in results:
+        if r.metrics and DIVERGED in r.metrics:
+            record, file = json.loads(r.metrics[DIVERGED])
+            failed[jobs[r.config["cell"]].run_name] = Diverged(record, Path(file) if file else None)
+    return failed
+
+
+report_to_tune = partial(report_file, tune.report)
 
 
 def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, Any]) -> None:
-    """The Tune trial: one cell, one thread, one MLflow child run."""
+    """The Tune trial: one cell, one thread, one MLflow child run. Each checkpoint (`run.checkpoint_every` steps,
+    and each stage end) is reported to Tune, which keeps it in storage: a retry after a lost node or a crashed
+    process resumes from the latest one, on any node, and logs on into the same run."""
     torch.set_num_threads(1)  # one CPU per cell: more threads only fight the other cells
     cell = jobs[config["cell"]]
     tags = context["tags"] | {
@@ -125,13 +145,19 @@ def run_cell(config: dict[str, Any], jobs: dict[str, Cell], context: dict[str, A
         CELL_KEY: cell.key,
         "sdakd.kind": cell.kind,
         "sdakd.grid": context["grid"],
-        "sdakd.ray_trial_id": tune.get_context().get_trial_id(),
+        TRIAL_ID: tune.get_context().get_trial_id(),
     }
     run = (context["uri"], context["experiment_id"], context["parent"], cell.run_name, cell.cfg, tags)
-    with tracked_run(*run) as tracker:
-        command = f"{context['command']}  # cell {cell.name}, seed {cell.cfg.seed}"
-        exp = train(cell.cfg, callbacks=[tracker], command=command)
-        tracker.on_done(exp, exp.metrics)
+    checkpoint = tune.get_checkpoint()
+    try:
+        with checkpoint.as_directory() if checkpoint else nullcontext() as folder, tracked_run(*run) as tracker:
+            command = f"{context['command']}  # cell {cell.name}, seed {cell.cfg.seed}"
+            resume = Path(folder) / LAST if folder else None
+            exp = train(cell.cfg, resume=resume, callbacks=[tracker, RayReport(report_to_tune)], command=command)
+            tracker.on_done(exp, exp.metrics)
+    except Diverged as err:  # reported, not raised: Tune would retry it, and the same config and seed diverge again
+        tune.report({DIVERGED: json.dumps([err.record, str(err.file) if err.file else None])})
+        return
     # The node's run folder may not outlive it: Tune copies the final training state and the student to storage.
     out = cell.cfg.run.out_dir
     with linked_folder(out / "checkpoints" / LAST, out / "student.pt") as folder:

@@ -43,6 +43,16 @@ def check_fits(workers: int, cpus_per_worker: float, gpus_per_worker: float, loc
                      "cluster (RAY_ADDRESS)")
 
 
+def alive_nodes() -> str:
+    """The alive nodes of the Ray this process joined, with what each holds (CPU, GPU, custom resources)."""
+    nodes = []
+    for node in ray.nodes():
+        if node["Alive"]:
+            held = {k: v for k, v in node["Resources"].items() if "memory" not in k and not k.startswith("node:")}
+            nodes.append(f"{node['NodeManagerAddress']} {{{', '.join(f'{k}: {v:g}' for k, v in sorted(held.items()))}}}")
+    return "; ".join(nodes) or "none"
+
+
 def raised(err: BaseException) -> BaseException:
     """The exception a task or trial raised, under the RayTaskError Ray hands back instead."""
     while isinstance(err, RayTaskError) and err.cause is not None:

@@ -50,6 +50,7 @@ from sdakd.engine.device import resolve_device
 from sdakd.errors import SdakdError
 from sdakd.ray_adapter.cluster import check_fits, connect, raised, storage_root
 from sdakd.ray_adapter.optuna_search import ResumableOptunaSearch
+from sdakd.ray_adapter.retries import Retries
 from sdakd.ray_adapter.search_callbacks import Progress, TrialRunsCallback
 from sdakd.ray_adapter.trial import one_worker_placement, tune_trial
 from sdakd.search.space import Space, Suggest
@@ -142,6 +143,7 @@ def search(
         {"cpu": NESTED_TRIAL_CPU} if nested else {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
     )
     storage_db = f"sqlite:///{folder / 'optuna.db'}"
+    retries = Retries(store.uri, experiment_id, parent, base.run.max_failures, "trial")
     ok = False
     try:
         if resume:
@@ -162,7 +164,9 @@ def search(
                     name=tune_name,
                     storage_path=tune_storage,
                     verbose=0,
-                    callbacks=[Progress(space), TrialRunsWithReasons(runs)],
+                    callbacks=[Progress(space), TrialRunsWithReasons(runs), retries],
+                    # a trial whose process or node dies runs again from its last stage checkpoint
+                    failure_config=tune.FailureConfig(max_failures=base.run.max_failures),
                 ),
             )
         summary = summarize(space, base, folder, [_row(result) for result in tuner.fit()])

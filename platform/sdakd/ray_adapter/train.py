@@ -17,28 +17,26 @@ import datetime
 import hashlib
 import shlex
 import sys
-import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train.torch import TorchTrainer
 
 from sdakd.config.load import absolute_paths, validate, with_overrides
 from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, ConsoleProgress, Position, Stage, unwrap
 from sdakd.engine.checkpoint import linked_folder
 from sdakd.engine.ddp import wrap_trainable
-from sdakd.engine.loop import Diverged
 from sdakd.errors import SdakdError
 from sdakd.experiment import Experiment, Placement, out_dir_for
 from sdakd.pipeline import resume_from, run
 from sdakd.ray_adapter.cluster import check_fits, connect, storage_root
 from sdakd.ray_adapter.faults import FailOnce, fault_from_env
+from sdakd.ray_adapter.trainer import check_whole_gpus, make_trainer
 from sdakd.run_folder import resume_point
 from sdakd.teacher.cache import prepare_inputs
 
@@ -50,15 +48,33 @@ def with_absolute_paths(cfg: ExperimentConfig, default_storage: Path = Path("ray
     return absolute_paths(with_overrides(cfg, {"run.out_dir": str(out_dir_for(cfg)), "run.storage_path": storage}))
 
 
-class RayReport(Callbacks):
-    """A report to Ray Train at every checkpoint, with the checkpoint (from rank 0) and the losses last logged.
+Report = Callable[[dict[str, Any], "Path | None"], None]  # metrics, and the checkpoint file to attach (or None)
 
-    Every report carries a checkpoint, and a restarted worker group resumes from the latest one, so no global step
-    is ever reported twice. A stage end emits on_checkpoint, then on_stage_end: the two make one report, which
-    adds the stage's scores.
+
+def report_file(report: Callable[..., None], metrics: dict[str, Any], path: Path | None) -> None:
+    """`report` (ray.train.report or tune.report), with the checkpoint file `path` when this rank wrote one. Ranks
+    other than 0 write no checkpoint, but every rank reports equally often: under Ray Train the call is a barrier."""
+    if path is None:
+        report(metrics)
+        return
+    with linked_folder(path) as folder:  # this checkpoint alone, not the stage copies beside it
+        report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+report_to_ray = partial(report_file, ray.train.report)
+
+
+class RayReport(Callbacks):
+    """A report (to Ray Train, or through `report`) at every checkpoint, with the checkpoint (from rank 0) and the
+    losses last logged.
+
+    Every report carries a checkpoint, and a restarted worker group (a retried trial) resumes from the latest one,
+    so no global step is ever reported twice. A stage end emits on_checkpoint, then on_stage_end: the two make one
+    report, which adds the stage's scores.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, report: Report = report_to_ray) -> None:
+        self.report = report
         self.losses: dict[str, float] = {}
         self.stage_end_checkpoint: Path | None = None
 
@@ -69,23 +85,11 @@ class RayReport(Callbacks):
         if position.step == 0:  # a stage end: its report waits for the scores in on_stage_end
             self.stage_end_checkpoint = path
         else:
-            self._report(path, {"global_step": global_step})
+            self.report({"global_step": global_step} | self.losses, path)
 
     def on_stage_end(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None:
-        self._report(self.stage_end_checkpoint, {"global_step": global_step, "stage_done": stage.name, **metrics})
-
-    def _report(self, path: Path | None, metrics: dict[str, Any]) -> None:
-        report_to_ray(metrics | self.losses, path)
-
-
-def report_to_ray(metrics: dict[str, Any], path: Path | None) -> None:
-    """`ray.train.report`, with the checkpoint file `path` when this rank wrote one. Ranks other than 0 write no
-    checkpoint, but every rank reports equally often: the call is a barrier."""
-    if path is None:
-        ray.train.report(metrics)
-        return
-    with linked_folder(path) as folder:  # this checkpoint alone, not the stage copies beside it
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        self.report({"global_step": global_step, "stage_done": stage.name, **metrics} | self.losses,
+                    self.stage_end_checkpoint)
 
 
 def ranks_agree(exp: Experiment) -> bool:
@@ -97,6 +101,17 @@ def ranks_agree(exp: Experiment) -> bool:
     digests: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(digests, digest.hexdigest())
     return len(set(digests)) == 1
+
+
+def ray_node() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def rank_nodes() -> list[str]:
+    """The Ray node id of every rank, by rank (which nodes the last worker group ran on)."""
+    nodes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, ray_node())
+    return nodes
 
 
 @dataclass(frozen=True)
@@ -148,8 +163,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         callbacks.append(FailOnce(**config["fault"]))
 
     def finish(exp: Experiment) -> dict[str, Any]:
-        agree = ranks_agree(exp) if world_size > 1 else True
-        return {"workers": world_size, "ranks_agree": agree} | config.get("warm_start", {})
+        agree, nodes = (ranks_agree(exp), rank_nodes()) if world_size > 1 else (True, [ray_node()])
+        return {"workers": world_size, "ranks_agree": agree, "nodes": nodes} | config.get("warm_start", {})
 
     exp = run(worker.cfg, start=_start(config), placement=placement, callbacks=callbacks,
               command=config["command"], finish=finish)
@@ -162,6 +177,7 @@ def train_distributed(
     workers: int,
     gpus_per_worker: float = 0,
     cpus_per_worker: float = 1,
+    spread: bool = False,
     resume: Path | bool | None = None,
     warm_start: bool = False,
     callbacks: Iterable[Callbacks] = (),
@@ -171,7 +187,7 @@ def train_distributed(
 
     Batch size is per worker. `resume` and `warm_start` work as in the local path (True: the run folder's last
     checkpoint); `resume` is used only when Ray has no checkpoint of this run yet. `callbacks` run on every rank
-    (they are pickled).
+    (they are pickled). `spread`: one worker per node (a group that cannot spread waits for nodes, then fails).
     """
     if workers < 1 or gpus_per_worker < 0 or cpus_per_worker <= 0:
         raise SdakdError(
@@ -196,97 +212,8 @@ def train_distributed(
     try:
         fix = "lower --workers, --cpus-per-worker or --gpus-per-worker"
         check_fits(workers, cpus_per_worker, gpus_per_worker, local=started, fix=fix)
-        return make_trainer(train_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker).fit()
+        return make_trainer(train_loop, loop_config, cfg, name, workers, cpus_per_worker, gpus_per_worker,
+                            spread=spread).fit()
     finally:
         if started:
             ray.shutdown()
-
-
-def check_whole_gpus(workers: int, gpus_per_worker: float, field: str) -> None:
-    """Several DDP workers need a whole GPU each: with a fraction, Ray packs two workers onto one GPU, whose two
-    NCCL ranks NCCL refuses ("Duplicate GPU detected")."""
-    if workers > 1 and gpus_per_worker != int(gpus_per_worker):
-        raise SdakdError(f"{field}={gpus_per_worker:g} with {workers} workers: each worker needs whole GPUs (NCCL "
-                         "runs one rank per GPU); allowed: 0 (CPU workers) or a whole number, usually 1")
-
-
-def make_trainer(
-    loop: Callable[[dict[str, Any]], Any],
-    loop_config: dict[str, Any],
-    cfg: ExperimentConfig,
-    name: str,
-    workers: int,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
-    callbacks: Sequence[Any] = (),
-    startup_retries: int | None = None,
-) -> Trainer:
-    """`loop` on `workers` workers, the run `name` kept in `cfg.run.storage_path` and restarted from its last
-    checkpoint up to `run.max_failures` times; a worker group that does not start is retried `startup_retries`
-    times (default: as often; -1: until it starts)."""
-    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
-    failures = cfg.run.max_failures
-    startups = failures if startup_retries is None else startup_retries
-    return Trainer(TorchTrainer(
-        partial(stops_on_divergence, loop),
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=cfg.run.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=failures, controller_failure_limit=startups),
-            callbacks=list(callbacks),
-        ),
-    ), failures)
-
-
-DIVERGED = "sdakd.diverged"  # what a worker returns instead of its metrics when the run diverged
-
-
-def stops_on_divergence(loop: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
-    """`loop`, returning a divergence instead of raising it: every rank stops at the same step (the engine sees
-    to it), and Ray Train restarts a group that raises, which would only diverge again."""
-    try:
-        return loop(config)
-    except Diverged as err:
-        return {DIVERGED: (err.record, err.file)}
-
-
-@dataclass(frozen=True)
-class Trainer:
-    """A TorchTrainer whose `fit` raises a divergence as `Diverged` and a worker group that never started as one
-    error, and stops at once on Ctrl-C (Ray Train's own handler waits on its controller and ignores a second
-    Ctrl-C): the Ray this driver joined is shut down, which ends the controller and workers it owns."""
-
-    trainer: TorchTrainer
-    max_failures: int
-
-    def fit(self) -> ray.train.Result:
-        outcome: dict[str, Any] = {}
-        fitting = threading.Thread(target=self._fit, args=(outcome,), name="ray-train-fit", daemon=True)
-        fitting.start()  # not in this thread: Ray Train installs its Ctrl-C handler only in the main thread
-        try:
-            while fitting.is_alive():
-                fitting.join(0.2)
-        except KeyboardInterrupt:
-            print("interrupted: stopping the Ray Train run", file=sys.stderr, flush=True)
-            ray.shutdown()
-            raise
-        if "error" in outcome:
-            raise outcome["error"]
-        result = outcome["result"]
-        if isinstance(result.return_value, dict) and DIVERGED in result.return_value:
-            raise Diverged(*result.return_value[DIVERGED])
-        return result
-
-    def _fit(self, outcome: dict[str, Any]) -> None:
-        try:
-            outcome["result"] = self.trainer.fit()
-        except ray.train.ControllerError as err:
-            cause = str(err.controller_failure).split(". ")[0]  # Ray's first sentence; its guesses follow
-            outcome["error"] = SdakdError(f"Ray Train stopped this run: {cause} (a worker group that does not start "
-                                          f"is retried run.max_failures={self.max_failures} times)")
-        except BaseException as err:  # raised by `fit`, in the caller's thread
-            outcome["error"] = err

@@ -20,7 +20,8 @@ from ray.tune.integration.ray_train import TuneReportCallback  # imported by nam
 
 from sdakd.config.schema import ExperimentConfig
 from sdakd.experiment import Experiment, Placement
-from sdakd.ray_adapter.train import Worker, check_whole_gpus, make_trainer, report_to_ray, with_absolute_paths
+from sdakd.ray_adapter.train import Worker, report_to_ray, with_absolute_paths
+from sdakd.ray_adapter.trainer import check_whole_gpus, make_trainer
 from sdakd.search.trial import run_trial
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sdakd.config.load import with_overrides
 from sdakd.config.schema import ExperimentConfig
@@ -23,12 +22,11 @@ from sdakd.evaluate.registry import IMAGE_METRICS
 from sdakd.search.space import Space, Suggest
 from sdakd.search.summary import Summary, best_table
 from sdakd.tracking import plots
-from sdakd.tracking.run import TrackedRun, start_child_run
-from sdakd.tracking.store import Store, quoted
+from sdakd.tracking.run import TRIAL_ID, TrackedRun, start_child_run, trial_child_run
+from sdakd.tracking.store import Store
 
 EXPERIMENT = "sdakd-searches"
 ROLE = "search"
-TRIAL_ID = "sdakd.ray_trial_id"
 # Per stage report, at step = the stage's number, beside the stage's eval metrics.
 PROGRESS = ("trained_iters", "prefix_stages")
 
@@ -42,9 +40,7 @@ class SearchRun:
     parent: str
 
     def trial_run(self, client: MlflowClient, trial_id: str) -> str | None:
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(self.parent)} and tags.`{TRIAL_ID}` = {quoted(trial_id)}"
-        found = client.search_runs([self.experiment_id], query, max_results=1)
-        return found[0].info.run_id if found else None
+        return trial_child_run(client, self.experiment_id, self.parent, trial_id)
 
 
 def log_samples(search: SearchRun, trial_id: str, exp: Any) -> None:
@@ -73,20 +69,15 @@ class TrialRuns:
 
     def run(self, trial: Any) -> TrackedRun:
         """The trial's run: known, found under the parent (a resumed search), or created."""
-        if trial.trial_id in self.runs:
-            return self.runs[trial.trial_id]
-        client = MlflowClient(tracking_uri=self.search.uri)
-        found = self.search.trial_run(client, trial.trial_id)
-        if found:
-            tracker = TrackedRun(client, found)
-            client.update_run(tracker.run_id, status="RUNNING")
-        else:
+        if trial.trial_id not in self.runs:
+            client = MlflowClient(tracking_uri=self.search.uri)
             cfg = with_overrides(self.base, Suggest.overrides(trial.config))
             tags = self.tags | {TRIAL_ID: trial.trial_id, "sdakd.optuna_trial": trial.config.get(Suggest.TRIAL_KEY)}
             search = self.search
-            tracker = start_child_run(client, search.experiment_id, search.parent, f"trial-{trial.trial_id}", cfg, tags)
-        self.runs[trial.trial_id] = tracker
-        return tracker
+            self.runs[trial.trial_id] = start_child_run(
+                client, search.experiment_id, search.parent, f"trial-{trial.trial_id}", cfg, tags
+            )
+        return self.runs[trial.trial_id]
 
     def result(self, trial: Any, result: dict) -> None:
         tracker = self.run(trial)
