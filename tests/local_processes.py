@@ -88,6 +88,8 @@ def cluster_env(**extra: str) -> dict[str, str]:
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_enable_metrics_collection="0",
+        # no Ray OOM killer: on this shared machine another job's memory would have Ray kill the test's workers
+        RAY_memory_monitor_refresh_ms="0",
         **extra,
     )
     env.pop("RAY_ADDRESS", None)
@@ -167,3 +169,30 @@ class LocalCluster:
             stop_tree(process)
         self.nodes.clear()
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1:`port`, its store (sqlite + artifacts) in `folder`/mlflow: `start` again
+    after `stop` serves the same runs, as a restarted tracking server does."""
+
+    def __init__(self, folder: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.folder, self.env = folder, dict(env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        (folder / "mlflow").mkdir(exist_ok=True)
+
+    def start(self) -> None:
+        log = self.folder / "mlflow.log"
+        self.process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow' / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "mlflow" / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            env=self.env, cwd=self.folder, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for(f"{self.uri}/health", self.process, log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_tree(self.process)
+            self.process = None

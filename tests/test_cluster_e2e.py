@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from local_processes import BIN, free_port, stop_tree, wait_for
+from local_processes import BIN, MlflowServer, free_port, stop_tree, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +38,19 @@ def cluster(tmp_path):
         PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
         SDAKD_TRACKING_URI=tracking_uri,  # what cluster.yaml's ~/.sdakd_env exports on every node
         SDAKD_STORAGE_PATH=str(storage),
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         # Ray's token auth, with this cluster's own token: the head, its jobs and the `ray job` CLI share it
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         OMP_NUM_THREADS="1",
     )
     env.pop("RAY_ADDRESS", None)
-    (tmp_path / "mlflow").mkdir()
     # Ray's own folder for this cluster: `ray start` records its address there, where a later ray.init() of this
     # test session does not look (it would join this cluster, gone by then). Short: it holds Unix sockets.
     ray_temp = Path(tempfile.mkdtemp(prefix="sdakd-ray-", dir="/tmp"))
     started = []
+    mlflow = MlflowServer(tmp_path, env, mlflow_port)
     try:
-        mlflow_log = tmp_path / "mlflow.log"
-        mlflow = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
-             "--artifacts-destination", str(tmp_path / "mlflow" / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-            env=env, cwd=tmp_path, stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        started.append(mlflow)
+        mlflow.start()
         ray_log = tmp_path / "ray.log"
         head = subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=2",
@@ -68,12 +60,12 @@ def cluster(tmp_path):
         )
         started.append(head)
         dashboard = f"http://127.0.0.1:{dashboard_port}"
-        wait_for(f"{tracking_uri}/health", mlflow, mlflow_log)
         wait_for(f"{dashboard}/api/version", head, ray_log)
         yield env, dashboard, tracking_uri, storage
     finally:
         for process in reversed(started):
             stop_tree(process)
+        mlflow.stop()
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 

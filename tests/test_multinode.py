@@ -48,7 +48,7 @@ def cluster(workdir):
     nodes = LocalCluster(workdir, env)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_enable_metrics_collection"):
+            for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
                 patch.setenv(key, env[key])
             patch.delenv("RAY_ADDRESS", raising=False)
             reset_auth_token_state()  # Ray reads its auth settings once per process: read them again
@@ -74,7 +74,8 @@ def cache(workdir):
 
 
 def sets(workdir, cache, name):
-    return [*SETS, f"run.cache_dir={cache}", f"run.out_dir={workdir / name}", f"run.storage_path={workdir / f'ray-{name}'}"]
+    storage = workdir / f"ray-{name}"
+    return [*SETS, f"run.cache_dir={cache}", f"run.out_dir={workdir / name}", f"run.storage_path={storage}"]
 
 
 def student(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -130,12 +131,16 @@ def test_spread_workers_run_ddp_across_nodes_survive_a_lost_node_and_equal_one_n
     try:
         wait_until(lambda: max(train_checkpoints(workdir / "ray-spread"), default=0) >= 3,
                    lambda: process.poll() is None, "a checkpoint in stage 2")
-        lost = node_id("node_a")
+        lost, reached = node_id("node_a"), max(train_checkpoints(workdir / "ray-spread"))
         lost_at = time.monotonic()
         cluster.kill("node_a")
         noticed = time.monotonic()
         cluster.add("node_c", NODE_CPUS)
         joined = time.monotonic()
+        # training again: a checkpoint past the last one registered before the loss
+        wait_until(lambda: max(train_checkpoints(workdir / "ray-spread"), default=0) > reached,
+                   lambda: process.poll() is None, "a checkpoint after the loss")
+        again = time.monotonic()
         assert process.wait(timeout=600) == 0, log.read_text()[-6000:]
     finally:
         if process.poll() is None:
@@ -150,7 +155,8 @@ def test_spread_workers_run_ddp_across_nodes_survive_a_lost_node_and_equal_one_n
     one_node = student(packed)
     for key, value in student(run_dir).items():
         assert torch.equal(value, one_node[key]), key
-    print(f"node loss: noticed after {noticed - lost_at:.1f} s, replacement joined after {joined - lost_at:.1f} s")
+    print(f"node loss: noticed after {noticed - lost_at:.1f} s, replacement joined after {joined - lost_at:.1f} s, "
+          f"a new checkpoint after {again - lost_at:.1f} s")
 
 
 @pytest.mark.timeout(300)
@@ -175,6 +181,21 @@ def test_with_no_node_to_spread_over_the_run_fails_in_bounded_time_naming_what_i
     print(f"no node: failed after {waited:.0f} s: {message}")
 
 
+def losing_a_node(cluster, argv: list[str], ready, lost: str, replacement: str, capsys) -> str:
+    """`sdakd argv` in this process; once `ready()`, node `lost` is killed and `replacement` started. Returns what
+    the command printed, once it has succeeded."""
+    outcome = {}
+    command = threading.Thread(target=lambda: outcome.update(code=main(argv)))
+    command.start()
+    wait_until(ready, command.is_alive, f"{argv[0]} to checkpoint")
+    cluster.kill(lost)
+    cluster.add(replacement, NODE_CPUS)
+    command.join(timeout=600)
+    printed = capsys.readouterr().out
+    assert outcome.get("code") == 0, printed[-6000:]
+    return printed
+
+
 def grid(tmp_path: Path, cache: Path) -> str:
     overrides = {key: yaml.safe_load(value) for key, value in (text.split("=", 1) for text in SETS)}
     overrides |= {"run.cache_dir": str(cache), "method": "sdakd"}
@@ -196,17 +217,10 @@ def test_a_grid_cell_on_a_lost_node_resumes_on_a_new_one_as_one_run_equal_to_an_
     name, tracking = grid(tmp_path, cache), f"sqlite:///{tmp_path / 'mlflow.db'}"
     (cell,) = load_grid(name)[1]
     out = tmp_path / "runs" / "ablate" / "lost" / f"{cell.run_name}-{cell.hash}"
-    outcome = {}
-    ablating = threading.Thread(target=lambda: outcome.update(code=main(["ablate", name, "--tracking-uri", tracking])))
-    ablating.start()
     tune_storage = tmp_path / "runs" / "ablate" / "lost" / "tune"
     # Tune has taken the cell's first checkpoint once the cell reports its second (a report waits for the driver)
-    wait_until(lambda: any(tune_storage.glob("*/*/checkpoint_00000[2-9]")), ablating.is_alive, "a cell checkpoint")
-    cluster.kill("node_b")
-    cluster.add("node_d", NODE_CPUS)
-    ablating.join(timeout=600)
-    printed = capsys.readouterr().out
-    assert outcome.get("code") == 0, printed[-6000:]
+    ready = lambda: any(tune_storage.glob("*/*/checkpoint_00000[2-9]"))  # noqa: E731
+    printed = losing_a_node(cluster, ["ablate", name, "--tracking-uri", tracking], ready, "node_b", "node_d", capsys)
     assert "failed (" in printed and "retry 1 of 2 (run.max_failures), from its last checkpoint" in printed
 
     client = MlflowClient(tracking)
@@ -224,3 +238,54 @@ def test_a_grid_cell_on_a_lost_node_resumes_on_a_new_one_as_one_run_equal_to_an_
     uninterrupted = student(reference.out_dir)
     for key, value in student(out).items():
         assert torch.equal(value, uninterrupted[key]), key
+
+
+@pytest.mark.timeout(900)
+def test_a_search_trial_on_a_lost_node_resumes_on_a_new_one_reporting_what_an_uninterrupted_one_does(
+    cluster, cache, tmp_path, monkeypatch, capsys
+):
+    """node_d, the one node left with CPUs, is lost during the trial's stage 3; node_e replaces it."""
+    import optuna
+
+    from sdakd.experiment import Placement
+    from sdakd.search.space import OBJECTIVE_METRICS, Suggest
+    from sdakd.search.summary import load_named_space
+    from sdakd.search.trial import run_trial
+
+    monkeypatch.chdir(tmp_path)
+    overrides = {key: yaml.safe_load(value) for key, value in (text.split("=", 1) for text in SETS)}
+    space = {"base": {"preset": "tiny", "overrides": overrides | {"run.cache_dir": str(cache)}},
+             "parameters": {"optim.lr_g": {"type": "choice", "values": [5e-4, 1e-3]}},
+             "objectives": [{"metric": "psnr_y", "mode": "max"}], "scheduler": None, "samples": 1,
+             "prefix_cache": False}
+    (tmp_path / "lost.yaml").write_text(json.dumps(space))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # stage 2's checkpoint is being reported: stage 1's is Tune's (a report waits for the driver)
+    ready = lambda: any(tmp_path.glob("runs/*/tune/*/checkpoint_000001"))  # noqa: E731
+    printed = losing_a_node(cluster, ["search", "./lost.yaml", "--tracking-uri", tracking], ready, "node_d", "node_e",
+                            capsys)
+    assert "retry 1 of 2 (run.max_failures), from its last checkpoint" in printed, printed[-6000:]
+
+    (folder,) = (tmp_path / "runs").iterdir()
+    (trial,) = json.loads((folder / "trials.json").read_text())
+    named, base = load_named_space("./lost.yaml")
+    study = optuna.load_study(study_name=named.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]  # the trial once, not once per attempt
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("sdakd-searches").experiment_id],
+                              "tags.`sdakd.ray_trial_id` != ''")
+    (run,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert run.info.status == "FINISHED" and run.data.tags["sdakd.retries"] == "1", run.data.tags
+
+    cfg = with_overrides(base, Suggest.overrides(trial["config"]) | {"run.out_dir": str(tmp_path / "reference")})
+    reports = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran
+    try:
+        run_trial(cfg, lambda metrics, _: reports.append(metrics), prefix_cache=False,
+                  placement=Placement(device=torch.device("cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    scores = {k: v for k, v in trial["metrics"].items() if k in OBJECTIVE_METRICS and v is not None}
+    assert {"psnr_y", "ssim_y", "psnr_y_vs_teacher"} <= scores.keys() and trial["final"], trial
+    assert scores == {k: reports[-1][k] for k in scores}  # bit for bit: == on floats

@@ -193,6 +193,10 @@ class RunConfig(Frozen):
     tracking_uri: str | None = Field(
         None, description="MLflow store; None = env SDAKD_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
     )
+    tracking_wait_s: float = Field(
+        300, ge=0, description="how long the end of a tracked run (a grid cell) waits for an MLflow server that does "
+        "not answer; then what was not logged is listed in the run folder's tracking_unlogged.json",
+    )
 
 
 class ExperimentConfig(Frozen):

@@ -36,7 +36,9 @@ from sdakd.ray_adapter.trainer import DIVERGED
 from sdakd.ray_adapter.tune_cells import run_studies
 from sdakd.teacher.cache import prepare_inputs
 from sdakd.tracking.cell_locks import CellLocks, claim_cells, lock_folder
-from sdakd.tracking.run import TRIAL_ID, failure, tracked_run
+from sdakd.tracking.failures import failure
+from sdakd.tracking.run import tracked_run
+from sdakd.tracking.trials import TRIAL_ID
 from sdakd.tracking.store import CELL_KEY, Store, check_reachable, git_tags, resolve_uri
 
 

@@ -49,7 +49,8 @@ def alive_nodes() -> str:
     for node in ray.nodes():
         if node["Alive"]:
             held = {k: v for k, v in node["Resources"].items() if "memory" not in k and not k.startswith("node:")}
-            nodes.append(f"{node['NodeManagerAddress']} {{{', '.join(f'{k}: {v:g}' for k, v in sorted(held.items()))}}}")
+            listed = ", ".join(f"{k}: {v:g}" for k, v in sorted(held.items()))
+            nodes.append(f"{node['NodeManagerAddress']} {{{listed}}}")
     return "; ".join(nodes) or "none"
 
 

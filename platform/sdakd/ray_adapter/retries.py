@@ -11,7 +11,8 @@ from typing import Any
 from ray import tune
 
 from sdakd.ray_adapter.cluster import raised
-from sdakd.tracking.run import close_lost_run, failure, note_retry
+from sdakd.tracking.failures import failure
+from sdakd.tracking.trials import close_lost_run, note_retry
 
 
 def why(trial: Any) -> str:

@@ -57,7 +57,7 @@ from sdakd.search.space import Space, Suggest
 from sdakd.search.summary import Summary, TrialRow, fail_orphans, load_named_space, search_folder, summarize
 from sdakd.search.trial import run_trial
 from sdakd.teacher.cache import prepare_inputs
-from sdakd.tracking.run import failure, record_failure
+from sdakd.tracking.failures import failure, record_failure
 from sdakd.tracking.search import EXPERIMENT, ROLE, SearchRun, TrialRuns, log_results, log_samples
 from sdakd.tracking.store import Store, git_tags, resolve_uri
 
@@ -197,11 +197,11 @@ class TrialRunsWithReasons(TrialRunsCallback):
     """Trial events to MLflow, and an errored trial's reason on its run (tag, failed.json) as a cell's has it."""
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        super().on_trial_error(iteration, trials, trial, **info)
         if trial.pickled_error_file:  # Tune's local copy of what the trial raised (storage gets it later)
             with open(trial.pickled_error_file, "rb") as file:
                 tracker = self.runs.run(trial)
                 record_failure(tracker.client, tracker.run_id, raised(pickle.load(file)))
+        super().on_trial_error(iteration, trials, trial, **info)  # then the run ends, FAILED
 
 
 def _searcher(space: Space, storage: str) -> OptunaSearch:

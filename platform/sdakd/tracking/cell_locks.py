@@ -18,7 +18,7 @@ from typing import IO, Mapping
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from sdakd.config.identity import stable_hash
-from sdakd.tracking.run import record_reason
+from sdakd.tracking.failures import record_reason
 from sdakd.tracking.store import CONFIG_HASH, Store
 
 

@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import time
+from functools import partial
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
@@ -24,9 +26,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sdakd.config.identity import config_hash
 from sdakd.config.schema import ExperimentConfig
 from sdakd.engine import Callbacks, Stage
-from sdakd.engine.loop import Diverged
 from sdakd.tracking import plots
 from sdakd.tracking.model import log_student_model
+from sdakd.tracking.failures import failure, record_failure
+from sdakd.tracking.outbox import Outbox
+from sdakd.tracking.trials import TRIAL_ID, trial_child_run
 from sdakd.tracking.store import CONFIG_HASH, SEED
 
 # Older tracking servers refuse longer param values; the full config is logged as config.yaml anyway.
@@ -34,6 +38,7 @@ PARAM_CHARS = 500
 BATCH = 100  # MLflow's most params or tags per log_batch call
 FLUSH_EVERY_S = 30.0  # losses reach the store at least this often (and at every stage end), not per log call
 RUN_FILES = ("config.yaml", "command.txt", "metrics.json", "student.pt")
+UNLOGGED_FILE = "tracking_unlogged.json"  # in the run folder: what a tracking server that went away never got
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,9 +75,12 @@ def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 class TrackedRun(Callbacks):
     """Engine callbacks that log to one MLflow run; `on_done` adds final metrics, tags and artifacts."""
 
-    def __init__(self, client: MlflowClient, run_id: str, devices: int = 1) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, devices: int = 1, wait_s: float = 300,
+                 unlogged: Path | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        self.wait_s, self.unlogged = wait_s, unlogged  # see `finish`
+        self.outbox = Outbox(run_id)  # every call that logs goes through it: an unreachable server never blocks
         self.devices = devices
         self.started = time.perf_counter()
         self.flushed = self.started
@@ -95,10 +103,14 @@ class TrackedRun(Callbacks):
         monitor, self.system = self.system, None
         if monitor is None:
             return
-        monitor.finish()
-        if metrics := monitor.aggregate_metrics():
-            monitor.publish_metrics(metrics)
-            monitor.mlflow_logger.flush()
+
+        def stop() -> None:
+            monitor.finish()
+            if metrics := monitor.aggregate_metrics():
+                monitor.publish_metrics(metrics)
+                monitor.mlflow_logger.flush()
+
+        self.outbox.put({"system_metrics": "the last samples"}, stop)
 
     def log_metrics(self, values: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -106,19 +118,44 @@ class TrackedRun(Callbacks):
 
     def flush(self) -> None:
         for i in range(0, len(self.pending), BATCH * 10):
-            self.client.log_batch(self.run_id, metrics=self.pending[i : i + BATCH * 10])
+            chunk = self.pending[i : i + BATCH * 10]
+            what = {"metrics": [[m.key, m.value, m.step, m.timestamp] for m in chunk]}
+            self.outbox.put(what, partial(self.client.log_batch, self.run_id, metrics=chunk))
         self.pending = []
         self.flushed = time.perf_counter()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, tags=items[i : i + BATCH])
+            chunk = items[i : i + BATCH]
+            what = {"tags": {t.key: t.value for t in chunk}}
+            self.outbox.put(what, partial(self.client.log_batch, self.run_id, tags=chunk))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:PARAM_CHARS]) for k, v in params.items()]
         for i in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + BATCH])
+            chunk = items[i : i + BATCH]
+            what = {"params": {p.key: p.value for p in chunk}}
+            self.outbox.put(what, partial(self.client.log_batch, self.run_id, params=chunk))
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        what = {"artifact": str(path), "folder": folder}
+        self.outbox.put(what, partial(self.client.log_artifact, self.run_id, str(path), folder))
+
+    def finish(self, status: str) -> list[dict[str, Any]]:
+        """End the run as `status` once everything before has been logged, waiting at most `wait_s` for an
+        unreachable server; returns what was not logged, which the JSON file `unlogged` then lists too."""
+        self.outbox.put({"status": status}, partial(self.client.set_terminated, self.run_id, status))
+        lost = self.outbox.close(self.wait_s)
+        if lost:
+            where = ""
+            if self.unlogged is not None:
+                self.unlogged.write_text(json.dumps(
+                    {"run_id": self.run_id, "tracking_uri": self.client.tracking_uri, "not_logged": lost}, indent=2))
+                where = f", listed in {self.unlogged}"
+            print(f"tracking lost: run {self.run_id} on {self.client.tracking_uri} did not answer for {self.wait_s:g} "
+                  f"s: {len(lost)} calls not logged{where} (the run folder holds the results)", flush=True)
+        return lost
 
     # ------------------------------------------------------------------ engine callbacks
     def on_log(self, stage: Stage, global_step: int, metrics: Mapping[str, float]) -> None:
@@ -154,13 +191,14 @@ class TrackedRun(Callbacks):
         )
         folder = exp.out_dir
         for name in RUN_FILES:
-            self.client.log_artifact(self.run_id, str(folder / name))
+            self.log_artifact(folder / name)
         pictures = [plots.sample_grid(exp.validator, folder / "samples.png", exp.engine.eval_generator())]
         if self.curves:
             pictures.append(plots.loss_curves(self.curves, self.stage_ends, folder / "loss_curves.png"))
         for path in pictures:
-            self.client.log_artifact(self.run_id, str(path), "plots")
-        log_student_model(self.client, self.run_id, exp)  # the student as an MLflow pyfunc model (model.py)
+            self.log_artifact(path, "plots")
+        # the student as an MLflow pyfunc model (model.py); the caller waits in `finish` while it is sent
+        self.outbox.put({"model": "student"}, partial(log_student_model, self.client, self.run_id, exp))
 
     def device_seconds(self) -> float:
         return (time.perf_counter() - self.started) * self.devices
@@ -175,36 +213,6 @@ def config_tags(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-TRIAL_ID = "sdakd.ray_trial_id"  # the Ray Tune trial a child run records (a search trial, a grid cell)
-RETRIES = "sdakd.retries"  # how often Tune ran the trial again from its last checkpoint (a lost node, a crash)
-
-
-def trial_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
-    """The child run of `parent_run_id` that the Ray Tune trial `trial_id` made, if it made one."""
-    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
-    found = client.search_runs([experiment_id], query, max_results=1)
-    return found[0].info.run_id if found else None
-
-
-def note_retry(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, retry: int, reason: str) -> None:
-    """On the run of a trial that Tune runs again: the retry count, and why retry `retry` was needed (no run: the
-    attempt died before it made one)."""
-    client = MlflowClient(tracking_uri=uri)
-    if run_id := trial_child_run(client, experiment_id, parent_run_id, trial_id):
-        client.set_tag(run_id, RETRIES, str(retry))
-        client.set_tag(run_id, f"{RETRIES}.{retry}", reason[:5000])
-
-
-def close_lost_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, reason: str) -> None:
-    """A trial that ran out of retries: its run FAILED with `reason` when it is still RUNNING (its process died with
-    its node, so nothing else will close it)."""
-    client = MlflowClient(tracking_uri=uri)
-    run_id = trial_child_run(client, experiment_id, parent_run_id, trial_id)
-    if run_id is not None and client.get_run(run_id).info.status == "RUNNING":
-        record_reason(client, run_id, reason)
-        client.set_terminated(run_id, "FAILED")
-
-
 def start_child_run(
     client: MlflowClient,
     experiment_id: str,
@@ -216,10 +224,13 @@ def start_child_run(
 ) -> TrackedRun:
     """A RUNNING child run of `parent_run_id`, tagged and with the whole config as params. With a Tune trial id
     among the tags, a run that an earlier attempt of that trial made (before a lost node or a crash) is taken up
-    again instead, RUNNING once more: a retried trial stays one run."""
+    again instead, RUNNING once more: a retried trial stays one run. Its end waits up to `run.tracking_wait_s` for
+    a server that does not answer, then lists what it did not log in the run folder (`tracking_unlogged.json`)."""
+    unlogged = cfg.run.out_dir / UNLOGGED_FILE if cfg.run.out_dir else None
+    ending = {"wait_s": cfg.run.tracking_wait_s, "unlogged": unlogged}
     if TRIAL_ID in tags and (found := trial_child_run(client, experiment_id, parent_run_id, str(tags[TRIAL_ID]))):
         client.update_run(found, status="RUNNING")
-        tracker = TrackedRun(client, found, devices)
+        tracker = TrackedRun(client, found, devices, **ending)
         tracker.monitor_system()
         return tracker
     run = client.create_run(
@@ -227,31 +238,10 @@ def start_child_run(
         run_name=name,
         tags={MLFLOW_PARENT_RUN_ID: parent_run_id, **{k: str(v) for k, v in (config_tags(cfg) | dict(tags)).items()}},
     )
-    tracker = TrackedRun(client, run.info.run_id, devices)
+    tracker = TrackedRun(client, run.info.run_id, devices, **ending)
     tracker.log_params(flatten(cfg.to_dict()))
     tracker.monitor_system()  # stops with `stop_system`, or by itself once the run is no longer RUNNING
     return tracker
-
-
-FAILURE_TAG = "sdakd.failure"  # why a run failed, in one line; its failed.json artifact holds the details
-
-
-def failure(err: BaseException) -> tuple[str, dict[str, Any] | None]:
-    """Why a run failed, in one line, and a divergence's record (None for any other error)."""
-    if isinstance(err, Diverged):
-        return err.record["reason"], err.record
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {first}".rstrip(": "), None
-
-
-def record_failure(client: MlflowClient, run_id: str, err: BaseException) -> None:
-    """The reason on the failed run: the tag, and failed.json (a divergence's record, else the reason alone)."""
-    record_reason(client, run_id, *failure(err))
-
-
-def record_reason(client: MlflowClient, run_id: str, reason: str, record: dict[str, Any] | None = None) -> None:
-    client.set_tag(run_id, FAILURE_TAG, reason[:5000])  # below every store's tag limit
-    client.log_text(run_id, json.dumps(record or {"reason": reason}, indent=2), "failed.json")
 
 
 @contextlib.contextmanager
@@ -271,14 +261,11 @@ def tracked_run(uri: str, *child: Any, **options: Any) -> Iterator[TrackedRun]:
         status = "KILLED"
         raise
     except Exception as err:
-        try:
-            record_failure(tracker.client, tracker.run_id, err)
-        except Exception as unlogged:  # the run's own error is the one to raise
-            print(f"the failure of run {tracker.run_id} was not logged: {unlogged}", flush=True)
+        tracker.outbox.put({"failure": failure(err)[0]}, partial(record_failure, tracker.client, tracker.run_id, err))
         raise
     finally:
         tracker.stop_system()
         tracker.log_metrics({"device_seconds": tracker.device_seconds()})
         tracker.flush()
-        tracker.client.set_terminated(tracker.run_id, status)
+        tracker.finish(status)
 

@@ -22,7 +22,8 @@ from sdakd.evaluate.registry import IMAGE_METRICS
 from sdakd.search.space import Space, Suggest
 from sdakd.search.summary import Summary, best_table
 from sdakd.tracking import plots
-from sdakd.tracking.run import TRIAL_ID, TrackedRun, start_child_run, trial_child_run
+from sdakd.tracking.run import TrackedRun, start_child_run
+from sdakd.tracking.trials import TRIAL_ID, trial_child_run
 from sdakd.tracking.store import Store
 
 EXPERIMENT = "sdakd-searches"
@@ -88,14 +89,14 @@ class TrialRuns:
         tracker.flush()
 
     def complete(self, trial: Any) -> None:
-        tracker = self.run(trial)
+        tracker = self.runs.pop(trial.trial_id, None) or self.run(trial)
         final = bool((trial.last_result or {}).get("final"))
         tracker.set_tags({"sdakd.stopped_early": not final})
-        tracker.client.set_terminated(tracker.run_id, "FINISHED" if final else "KILLED")
+        tracker.finish("FINISHED" if final else "KILLED")
 
     def error(self, trial: Any) -> None:
-        tracker = self.run(trial)
-        tracker.client.set_terminated(tracker.run_id, "FAILED")
+        tracker = self.runs.pop(trial.trial_id, None) or self.run(trial)
+        tracker.finish("FAILED")
 
 
 def log_results(store: Store, parent: str, summary: Summary, storage: str) -> None:
