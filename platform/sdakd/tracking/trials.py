@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sdakd.tracking.failures import record_reason
+from sdakd.tracking.store import quoted
 
 TRIAL_ID = "sdakd.ray_trial_id"  # the Ray Tune trial a child run records (a search trial, a grid cell)
 RETRIES = "sdakd.retries"  # how often Tune ran the trial again from its last checkpoint (a lost node, a crash)
@@ -14,7 +15,7 @@ RETRIES = "sdakd.retries"  # how often Tune ran the trial again from its last ch
 
 def trial_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
     """The child run of `parent_run_id` that the Ray Tune trial `trial_id` made, if it made one."""
-    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(parent_run_id)} and tags.`{TRIAL_ID}` = {quoted(trial_id)}"
     found = client.search_runs([experiment_id], query, max_results=1)
     return found[0].info.run_id if found else None
 
