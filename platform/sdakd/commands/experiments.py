@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sdakd.commands.common import overrides_arg
+
 
 def cmd_search(args: argparse.Namespace) -> int:
     from sdakd.ray_adapter.search import run_named
@@ -88,10 +90,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction, tracking: argparse.
     search.add_argument("space", help="a search space name (e.g. smoke, sdakd_core, pareto) or a YAML path")
     search.add_argument("--samples", type=int, help="number of trials (default: the space's `samples`)")
     search.add_argument("--resume", action="store_true", help="continue a search whose driver was stopped")
-    search.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-        help="dotted-path override of the base config, repeatable (run.out_dir: the search folder)",
-    )
+    overrides_arg(search, "dotted-path override of the base config, repeatable (run.out_dir: the search folder)")
     search.set_defaults(handler=cmd_search)
 
     ablate = sub.add_parser("ablate", parents=[tracking], help="run a named ablation grid (ablations/NAME.yaml)")
@@ -105,10 +104,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction, tracking: argparse.
     )
     report.add_argument("grid", help="a grid or search-space name (see `sdakd list`) or a YAML path")
     report.add_argument("--search", action="store_true", help="NAME is a search space (where a grid has the same name)")
-    report.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-        help="for a search: the --set values it ran with that move its folder (run.out_dir)",
-    )
+    overrides_arg(report, "for a search: the --set values it ran with that move its folder (run.out_dir)")
     report.set_defaults(handler=cmd_report)
 
     ui = sub.add_parser("ui", parents=[tracking], help="the MLflow UI on the tracking store, at 127.0.0.1")

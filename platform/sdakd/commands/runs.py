@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sdakd.commands.common import config_args, load_from_args
+from sdakd.commands.common import config_args, load_from_args, overrides_arg
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -117,5 +117,5 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     evaluate = sub.add_parser("eval", help="evaluate a trained student (run folder or checkpoint)")
     evaluate.add_argument("checkpoint", type=Path, help="run folder, its checkpoints/last.pt, or student.pt")
-    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    overrides_arg(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
