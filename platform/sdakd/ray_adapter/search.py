@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import optuna
 import pyarrow.fs
 import torch
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -175,6 +176,8 @@ def search(
         ok = not any(t["error"] for t in summary.trials)
     finally:
         store.close(parent, ok)
+        if local:
+            ray.shutdown()  # as ablate does: the workers' log lines end here, not in whatever the process does next
     print(store.ui_hint(experiment_id, parent))
     return summary
 
