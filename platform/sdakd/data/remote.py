@@ -73,7 +73,7 @@ def _read_bytes(fs: Any, path: str, uri: str) -> bytes:
     try:
         with fs.open_input_stream(path) as stream:
             return stream.read()
-    except (OSError, FileNotFoundError) as err:
+    except OSError as err:  # FileNotFoundError included
         raise SdakdError(f"{uri}: cannot read {MANIFEST} ({err}); is the dataset there?") from None
 
 

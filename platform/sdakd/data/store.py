@@ -81,7 +81,9 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     """The manifest of `data_dir`, its pixel files checked against their sha256 (once per node, see the module)."""
     root = Path(data_dir)
     manifest = read_manifest(root)
-    for i, problem in stale_files(root, manifest).items():
+    problems = stale_files(root, manifest)
+    if problems:
+        i, problem = next(iter(problems.items()))
         raise SdakdError(f"{root / MANIFEST}: files[{i}]: {problem}; rebuild (or fetch) the dataset")
     return manifest
 
@@ -108,7 +110,8 @@ def stale_files(root: Path, manifest: dict[str, Any]) -> dict[int, str]:
                 problems[i] = f"{path} differs from its size or sha256 (modified or corrupted)"
                 continue
             good[path.name] = seen
-        stamp.write_text(json.dumps(good))
+        if good != known:  # most starts find the stamp as it was: nothing to write
+            stamp.write_text(json.dumps(good))
     return problems
 
 
@@ -130,11 +133,11 @@ class SplitImages:
     The mappings open on first use, in the process that reads (a loader process too): pickling sends the index only.
     """
 
-    def __init__(self, data_dir: str | Path, split: str, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(self, data_dir: str | Path, split: str) -> None:
         if split not in SPLITS:
             raise SdakdError(f"split {split!r} is unknown; allowed: {', '.join(SPLITS)}")
         self.root = Path(data_dir)
-        manifest = load_manifest(self.root) if manifest is None else manifest
+        manifest = load_manifest(self.root)
         index = manifest["images"].get(split, dict.fromkeys(INDEX_FIELDS, []))
         order = sorted(range(len(index["name"])), key=lambda k: index["name"][k])
         self.names = [index["name"][k] for k in order]
